@@ -1,0 +1,30 @@
+"""Packaging for tf_lrp: Layer-wise Relevance Propagation for Keras 3 on TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tf_lrp",
+    version="0.1.0",
+    description="Layer-wise Relevance Propagation (LRP) for Keras 3 models on TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tf_lrp", "tf_lrp.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # The GPU-capable build on purpose (never tensorflow-cpu): users run LRP on GPUs.
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy>=1.26",
+        "h5py>=3.8",
+        "matplotlib>=3.7",
+        "pillow>=10.0",
+        "tqdm>=4.60",
+        # TF >= 2.21 no longer installs TensorBoard; tf.summary needs it.
+        "tensorboard>=2.16",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "tf-keras>=2.16", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["tf-lrp=tf_lrp.cli:main"]},
+)
