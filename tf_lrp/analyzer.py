@@ -1,0 +1,453 @@
+"""The LRP analyzer and the machinery every analyzer shares.
+
+:class:`BaseAnalyzer` owns what all attribution methods share: the canonized graph of the model,
+input and target validation, batching, one ``tf.function`` per analyzer with an input signature
+whose batch axis is ``None`` (one trace per input shape; targets are a tensor, so a new target
+never retraces), and the forward pass over the node list.
+
+:class:`Analyzer` is LRP: the forward pass is recorded on one persistent ``tf.GradientTape``, then
+relevance flows from the explained output back to the input, node by node in reverse
+topological order, each node's rule (chosen by a composite) mapping the relevance at its outputs
+to relevance at its inputs. Relevance reaching a tensor read by several nodes is summed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_lrp import canonizers, composites
+from tf_lrp import layers as lrp_layers
+from tf_lrp import rules as lrp_rules
+from tf_lrp.errors import InputError, UnsupportedLayerError
+from tf_lrp.graph import Graph, Node, build_graph
+
+Tensor = tf.Tensor
+
+#: The relevance the backward pass starts from (see :class:`Analyzer`).
+STARTS = ("output", "logodds", "all")
+
+
+class BaseAnalyzer:
+    """Shared machinery of all analyzers (LRP and the gradient baselines).
+
+    Parameters
+    ----------
+    model
+        A built ``keras.Model`` (Functional, Sequential, nested) or a path to a model file.
+    output
+        Which model output to explain: index or name. Needed only for multi-output models.
+    batch_size
+        Largest batch given to one step; larger inputs are split (caps peak memory).
+        ``None`` passes the whole input at once.
+    jit_compile
+        Compile the traced function with XLA (off by default: slower on CPU in our tests).
+
+    Notes
+    -----
+    A final softmax is stripped with a warning: explanations are of the logits.
+    """
+
+    def __init__(self, model, *, output: int | str | None = None,
+                 batch_size: int | None = None, jit_compile: bool = False):
+        if isinstance(model, (str, os.PathLike)):
+            from tf_lrp.io import load_model
+
+            model = load_model(model)
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                f"expected a keras.Model or a path to a model file, got {type(model).__name__}"
+            )
+        if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.model = model
+        self.batch_size = batch_size
+        self.graph: Graph = canonizers.canonize(build_graph(model))
+        self._output_key = self._select_output(output)
+        out_shape = self.graph.shapes.get(self._output_key, (None,))[1:]
+        self.num_outputs = math.prod(out_shape) if all(d is not None for d in out_shape) else None
+        self._nonnegative = self._sign_analysis()
+        specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
+                                                                self.graph.input_dtypes)]
+        self._explain_fn = _traced(self._explain, [specs, tf.TensorSpec([None], tf.int32)],
+                                   jit_compile)
+        self._predict_fn = _traced(self._predict, [specs])
+
+    # ---------------------------------------------------------------- setup
+    def _select_output(self, output) -> int:
+        outs, names = self.graph.outputs, self.graph.output_names
+        if output is None:
+            if len(outs) > 1:
+                raise InputError(
+                    f"the model has {len(outs)} outputs ({', '.join(names)}); pass output=<index "
+                    "or name> to choose the one to explain"
+                )
+            return outs[0]
+        if isinstance(output, str):
+            matches = [i for i, n in enumerate(names) if n == output or n.split("/")[0] == output]
+            if not matches:
+                raise InputError(f"no model output named {output!r}; outputs: {', '.join(names)}")
+            return outs[matches[0]]
+        if not 0 <= int(output) < len(outs):
+            raise InputError(f"output={output} is out of range: the model has {len(outs)} output(s)")
+        return outs[int(output)]
+
+    def _sign_analysis(self) -> dict[int, bool]:
+        """Which tensors are statically known to be >= 0 (so x- terms vanish)."""
+        nonneg = dict.fromkeys(self.graph.inputs, False)
+        for node in self.graph.nodes:
+            ins = [nonneg.get(k, False) for k in node.inputs]
+            if node.kind == "activation":
+                value = lrp_layers.activation_name(node.layer) in lrp_layers._NONNEGATIVE_ACTIVATIONS
+            elif node.linear is not None:
+                value = False
+            else:
+                value = lrp_layers.nonnegative_output(node.layer, ins)
+            for k in node.outputs:
+                nonneg[k] = value
+        return nonneg
+
+    # ---------------------------------------------------------------- traced parts
+    def _forward(self, xs: Sequence[Tensor]) -> tuple[dict[int, Tensor], dict[str, tuple]]:
+        """Run the canonized graph; return tensor values and, per linear node, (kernels, bias, z0)."""
+        values = dict(zip(self.graph.inputs, xs))
+        linear_parts: dict[str, tuple] = {}
+        for node in self.graph.nodes:
+            ins = [values[k] for k in node.inputs]
+            if node.linear is not None:
+                kernels, bias = node.linear.kernels(), node.linear.bias()
+                z0 = node.linear.apply(ins[0], kernels)
+                outs = [node.linear.add_bias(z0, bias)]
+                linear_parts[node.name] = (kernels, bias, z0)
+            else:
+                outs = node.call(ins)
+            values.update(zip(node.outputs, outs))
+        return values, linear_parts
+
+    def _output(self, values: dict[int, Tensor]) -> Tensor:
+        y = values[self._output_key]
+        return tf.reshape(y, (tf.shape(y)[0], -1))
+
+    def _predict(self, xs):
+        return self._output(self._forward(xs)[0])
+
+    def _mask(self, y: Tensor, targets: Tensor) -> Tensor:
+        """One-hot mask of the explained output; a negative target means the highest output."""
+        index = tf.where(targets < 0, tf.argmax(y, axis=1, output_type=tf.int32), targets)
+        return tf.one_hot(index, tf.shape(y)[1], dtype=y.dtype)
+
+    def _explain(self, xs, targets):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- eager API
+    def _prepare(self, x) -> list[np.ndarray]:
+        shapes = self.graph.input_shapes
+        if len(shapes) > 1:
+            if not isinstance(x, (list, tuple)) or len(x) != len(shapes):
+                raise InputError(
+                    f"the model has {len(shapes)} inputs ({', '.join(self.graph.input_names)}); "
+                    f"pass a list of {len(shapes)} arrays in that order"
+                )
+            xs = list(x)
+        else:
+            xs = [x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x]
+        out = []
+        for i, (a, shape, dtype) in enumerate(zip(xs, shapes, self.graph.input_dtypes)):
+            out.append(_check_input(a, shape, dtype, self.graph.input_names[i]))
+        if len({a.shape[0] for a in out}) > 1:
+            raise InputError(f"the inputs have different batch sizes: {[a.shape[0] for a in out]}")
+        return out
+
+    def _targets(self, target, n: int) -> np.ndarray:
+        if target is None:
+            return np.full(n, -1, np.int32)
+        t = np.asarray(target)
+        if t.dtype.kind not in "iu" and not (t.dtype.kind == "f" and np.all(np.mod(t, 1) == 0)):
+            raise InputError(f"target must be an integer or a sequence of integers, got {target!r}")
+        t = np.broadcast_to(t.astype(np.int64), (n,)) if t.ndim == 0 else t.astype(np.int64)
+        if t.shape != (n,):
+            raise InputError(
+                f"target has {t.size} entries for a batch of {n}: pass one integer for all "
+                "samples or one per sample"
+            )
+        hi = self.num_outputs
+        bad = (t < 0) | (t >= hi) if hi is not None else (t < 0)
+        if bad.any():
+            raise InputError(
+                f"target {t[bad][0]} is out of range: the explained output has {hi} entries "
+                f"(valid targets 0..{(hi or 0) - 1})"
+            )
+        return t.astype(np.int32)
+
+    def _batches(self, xs: list[np.ndarray]):
+        n = xs[0].shape[0]
+        step = self.batch_size or n
+        for lo in range(0, n, step):
+            yield lo, [a[lo:lo + step] for a in xs]
+
+    def predict(self, x) -> np.ndarray:
+        """The explained output (logits: a final softmax is stripped) as ``(batch, outputs)``."""
+        xs = self._prepare(x)
+        parts = [self._predict_fn(chunk).numpy() for _, chunk in self._batches(xs)]
+        return np.concatenate(parts)
+
+    def __call__(self, x, target=None):
+        """Explain ``x``.
+
+        Parameters
+        ----------
+        x
+            A batch (``(batch, *input_shape)``, numeric, finite); a list of batches for a
+            multi-input model.
+        target
+            ``None`` explains the highest output of each sample; an integer explains that output
+            for every sample; a sequence gives one target per sample.
+
+        Returns
+        -------
+        numpy.ndarray or list of numpy.ndarray
+            float32 relevance of the same shape as ``x`` (a list for multi-input models).
+        """
+        xs = self._prepare(x)
+        t = self._targets(target, xs[0].shape[0])
+        parts = [self._explain_fn(chunk, t[lo:lo + len(chunk[0])])
+                 for lo, chunk in self._batches(xs)]
+        result = [np.concatenate([p[i].numpy() for p in parts]) for i in range(len(xs))]
+        return result[0] if len(result) == 1 else result
+
+
+def _traced(method, signature=None, jit_compile: bool = False):
+    """``tf.function`` of a bound method, with trace statistics of its own.
+
+    TensorFlow counts traces per code object, so every new analyzer would look like a retrace of
+    the previous one (and warn); a ``functools.partial`` has no code object and gets its own count.
+    """
+    return tf.function(functools.partial(method.__func__, method.__self__),
+                       input_signature=signature, jit_compile=jit_compile)
+
+
+def _check_input(a, shape: tuple, dtype: str, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"input {name!r} cannot be converted to an array: {exc}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise InputError(
+            f"input {name!r} has dtype {arr.dtype}; expected a numeric array (it is cast to {dtype})"
+        )
+    expected = "(batch, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+    if arr.ndim == len(shape) and all(d is None or d == s for d, s in zip(shape, arr.shape)):
+        raise InputError(
+            f"input {name!r} has shape {arr.shape}, a single sample without batch axis; expected "
+            f"{expected}. Fix: add a batch axis, x[np.newaxis]"
+        )
+    if arr.ndim != len(shape) + 1 or any(d is not None and d != s for d, s in zip(shape, arr.shape[1:])):
+        raise InputError(f"input {name!r} has shape {arr.shape}; the model expects {expected}")
+    if arr.shape[0] == 0:
+        raise InputError(f"input {name!r} is an empty batch")
+    arr = arr.astype(dtype, copy=False)
+    finite = np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InputError(
+            f"input {name!r} contains NaN or Inf in sample(s) {bad[:10].tolist()}; "
+            "clean or drop them before explaining"
+        )
+    return arr
+
+
+class Analyzer(BaseAnalyzer):
+    """Layer-wise Relevance Propagation.
+
+    Parameters
+    ----------
+    model
+        A built ``keras.Model`` or a path to a ``.keras``/``.h5`` file.
+    composite
+        A :class:`~tf_lrp.composites.Composite`, a single :class:`~tf_lrp.rules.Rule` (used for
+        every layer with weights) or a registered name (``"epsilon_gamma_box"``; extra keyword
+        arguments go to it). Default: ``EpsilonPlus``.
+    start
+        The relevance at the explained output that the backward pass starts from:
+
+        - ``"output"`` (default): the selected output's value, ``y * one_hot(target)``;
+          the input relevance of a conservative rule sums to it.
+        - ``"logodds"``: the log-odds of the target class against the others, handled as in
+          Montavon et al. (2019), "Layer-wise relevance propagation: an overview", sec. 10: the
+          logit-difference layer ``z_c - z_k`` receives the softmin share
+          ``q_k = softmax_{k != c}(z)`` and LRP-0 maps it onto the logits, ``R_c = z_c``,
+          ``R_k = -q_k z_k``. The total ``sum_k q_k (z_c - z_k)`` equals the log-odds
+          ``log(p_c / (1 - p_c))`` plus the entropy of ``q``.
+        - ``"all"``: every output is explained at once, ``R = y`` (unsupervised; ``target`` is
+          ignored).
+    relevance_filter
+        ``None`` (off) or a fraction in (0, 1]: before every layer with weights, only the top
+        fraction of relevance values of each sample (largest values) pass; the others are set to 0.
+    output, batch_size, jit_compile
+        See :class:`BaseAnalyzer`.
+    **composite_kwargs
+        Arguments of a composite given by name.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        If a layer has no rule and no fixed handling; the message names it, its class and how
+        to register a rule.
+    """
+
+    def __init__(self, model, composite=None, *, start: str = "output",
+                 relevance_filter: float | None = None, output: int | str | None = None,
+                 batch_size: int | None = None, jit_compile: bool = False, **composite_kwargs):
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+        if relevance_filter is not None and not 0 < relevance_filter <= 1:
+            raise ValueError(f"relevance_filter must be in (0, 1] or None, got {relevance_filter!r}")
+        self.composite = _as_composite(composite, composite_kwargs)
+        self.start = start
+        self.relevance_filter = relevance_filter
+        super().__init__(model, output=output, batch_size=batch_size, jit_compile=jit_compile)
+        self.rules = self._assign_rules()
+        self._layerwise_fn = None
+
+    def _assign_rules(self) -> dict[str, lrp_rules.Rule]:
+        fixed = {lrp_layers.PASS: lrp_rules.Pass(), lrp_layers.ROUTE: lrp_rules.Route(),
+                 lrp_layers.PROPORTIONAL: lrp_rules.Zero()}
+        after_weights = dict.fromkeys(self.graph.inputs, False)
+        assigned, problems = {}, []
+        for node in self.graph.nodes:
+            weighted = node.linear is not None
+            first = weighted and not any(after_weights.get(k, False) for k in node.inputs)
+            for k in node.outputs:
+                after_weights[k] = weighted or any(after_weights.get(k2, False) for k2 in node.inputs)
+            if node.kind == "activation":
+                assigned[node.name] = fixed[lrp_layers.PASS]
+                continue
+            rule = self.composite.rule_for(node.layer, first=first, weighted=weighted)
+            if rule is None and not weighted:
+                kind = lrp_layers.fixed_handling(node.layer)
+                rule = fixed.get(kind)
+            if rule is None:
+                problems.append(node)
+            else:
+                assigned[node.name] = rule
+        if problems:
+            raise UnsupportedLayerError(_unsupported_message(problems, self.composite))
+        return assigned
+
+    def rule_table(self) -> list[tuple[str, str, str]]:
+        """``(node name, layer class, rule)`` for every node, in forward order."""
+        return [(n.name, type(n.layer).__name__ if n.kind == "layer" else "activation",
+                 repr(self.rules[n.name])) for n in self.graph.nodes]
+
+    # ---------------------------------------------------------------- traced
+    def _start(self, y: Tensor, targets: Tensor) -> Tensor:
+        flat = tf.reshape(y, (tf.shape(y)[0], -1))
+        if self.start == "all":
+            r = flat
+        else:
+            mask = self._mask(flat, targets)
+            if self.start == "output":
+                r = flat * mask
+            else:  # logodds
+                others = tf.where(mask > 0, tf.constant(-np.inf, flat.dtype), flat)
+                q = tf.nn.softmax(others, axis=1)
+                r = flat * (mask - q)
+        return tf.reshape(r, tf.shape(y))
+
+    def _filter(self, r: Tensor) -> Tensor:
+        flat = tf.reshape(r, (tf.shape(r)[0], -1))
+        n = flat.shape[1]
+        k = max(1, math.ceil(self.relevance_filter * n))
+        if k >= n:
+            return r
+        threshold = tf.math.top_k(flat, k=k, sorted=True).values[:, -1:]
+        return tf.reshape(tf.where(flat >= threshold, flat, tf.zeros_like(flat)), tf.shape(r))
+
+    def _backward(self, xs, targets, keep_all: bool = False):
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+            tape.watch(xs)
+            values, linear_parts = self._forward(xs)
+        relevance = {self._output_key: self._start(values[self._output_key], targets)}
+        seen: dict[int, Tensor] = {}
+        for node in reversed(self.graph.nodes):
+            r_out = [relevance.pop(k, None) for k in node.outputs]
+            if all(r is None for r in r_out):
+                continue
+            r_out = [tf.zeros_like(values[k]) if r is None else r for k, r in zip(node.outputs, r_out)]
+            if keep_all:
+                seen.update(zip(node.outputs, r_out))
+            if self.relevance_filter is not None and node.linear is not None:
+                r_out = [self._filter(r) for r in r_out]
+            ctx = lrp_rules.Context(
+                node, [values[k] for k in node.inputs], [values[k] for k in node.outputs], r_out,
+                [self._nonnegative.get(k, False) for k in node.inputs], tape,
+                *linear_parts.get(node.name, (None, None, None)),
+            )
+            for k, r in zip(node.inputs, self.rules[node.name](ctx)):
+                relevance[k] = r if k not in relevance else relevance[k] + r
+        del tape
+        inputs = [relevance.get(k, tf.zeros_like(x)) for k, x in zip(self.graph.inputs, xs)]
+        return inputs, seen
+
+    def _explain(self, xs, targets):
+        return self._backward(xs, targets)[0]
+
+    def _layerwise(self, xs, targets):
+        inputs, seen = self._backward(xs, targets, keep_all=True)
+        out = {n.name: seen[n.outputs[0]] for n in self.graph.nodes if n.outputs[0] in seen}
+        for name, r in zip(self.graph.input_names, inputs):
+            out["input" if len(inputs) == 1 else f"input/{name}"] = r
+        return out
+
+    def layerwise(self, x, target=None) -> dict[str, np.ndarray]:
+        """Relevance at every node's output (and at the input), for conservation checks.
+
+        Keys are node names (see :class:`tf_lrp.graph.Node`; a folded BatchNormalization is
+        named ``conv+bn``), plus ``"input"`` (``"input/<name>"`` per input of multi-input models).
+        Traced on first use; not batched.
+        """
+        if self._layerwise_fn is None:
+            self._layerwise_fn = _traced(self._layerwise)
+        xs = self._prepare(x)
+        t = self._targets(target, xs[0].shape[0])
+        return {k: v.numpy() for k, v in self._layerwise_fn(xs, tf.constant(t)).items()}
+
+
+def _as_composite(composite, kwargs) -> composites.Composite:
+    if composite is None:
+        composite = composites.EpsilonPlus()
+    elif isinstance(composite, str):
+        composite = composites.get(composite, **kwargs)
+        kwargs = {}
+    elif isinstance(composite, lrp_rules.Rule):
+        composite = composites.LayerMap(default=composite)
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (they only go with a "
+                        "composite given by name)")
+    if not isinstance(composite, composites.Composite):
+        raise TypeError(f"expected a composite, a rule or a composite name, got {composite!r}")
+    return composite
+
+
+def _unsupported_message(nodes: list[Node], composite) -> str:
+    lines = []
+    for node in nodes:
+        cls = type(node.layer)
+        what = "has weights but no rule in the composite" if node.linear is not None else \
+            "is not a layer type tf_lrp knows"
+        lines.append(f"  - layer {node.name!r} of class {cls.__module__}.{cls.__name__} {what}")
+    return (
+        "cannot explain this model: no LRP rule for\n" + "\n".join(lines) + "\n"
+        "Supported without configuration: Dense, Conv1D/2D/3D, Conv*Transpose, DepthwiseConv1D/2D, "
+        "SeparableConv1D/2D, BatchNormalization, activations (ReLU, LeakyReLU, Activation, ...), "
+        "pooling, Add, Average, Concatenate, Flatten, Reshape, Permute, Dropout, padding, cropping.\n"
+        "Fix: map a rule to the class, e.g. Analyzer(model, composites.LayerMap([(MyLayer, "
+        f"rules.Pass())], default=rules.Epsilon())) (current composite: {composite!r}); for a "
+        "custom linear layer with weights, also describe it with tf_lrp.layers.register_linear."
+    )

@@ -1,0 +1,386 @@
+"""LRP rules.
+
+A layer computes ``z_k = sum_j a_j w_jk + b_k`` and relevance ``R_k`` arrives at its output
+(before the activation: activations are split off by the canonizers). Notation:
+``x+ = max(x, 0)``, ``x- = min(x, 0)``, ``sign+(z) = 1 if z >= 0 else -1``.
+
+Every rule with weights is a :class:`BasicRule`: it only *declares* one or more :class:`Group`
+of :class:`Term`\\ s, and the shared four-step machinery (:func:`propagate`) does the rest:
+
+1. forward:  ``z = sum_t apply(u_t, rho_t(W)) + rho(b)``  with ``u_t`` the modified input of term t;
+2. divide:   ``s = R / (z + stabilizer * sign+(z))``, and ``s = 0`` where the denominator is 0;
+3. gradient: ``c_t = rho_t(W)^T s``  (a vector-Jacobian product, TensorFlow's own transposed op);
+4. multiply: ``R_in = coefficient * sum_t u_t * c_t``, summed over the groups.
+
+Where a term is the layer itself (unmodified input and weights) the forward pass's own
+pre-activation and gradient tape are reused, so LRP-epsilon costs what a gradient costs. Where an
+input is statically known to be non-negative (after ReLU, pooling of non-negative values, ...)
+``x+ = x`` and every ``x-`` term vanishes, so it is not computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from tf_lrp.errors import UnsupportedLayerError
+
+Tensor = tf.Tensor
+InputModifier = Callable[[Tensor, bool], "Tensor | None"]
+WeightModifier = Callable[[Tensor], Tensor]
+
+
+# ------------------------------------------------------------------------------- modifiers
+def identity(x: Tensor, nonnegative: bool = False) -> Tensor:
+    """The input itself."""
+    return x
+
+
+def positive(x: Tensor, nonnegative: bool = False) -> Tensor:
+    """``x+``; the input itself when it is known to be non-negative."""
+    return x if nonnegative else tf.nn.relu(x)
+
+
+def negative(x: Tensor, nonnegative: bool = False) -> Tensor | None:
+    """``x-``; ``None`` (the term vanishes) when the input is known to be non-negative."""
+    return None if nonnegative else tf.minimum(x, 0.0)
+
+
+def ones(x: Tensor, nonnegative: bool = False) -> Tensor:
+    """An all-ones input (rules not multiplied by the input: w-square, flat)."""
+    return tf.ones_like(x)
+
+
+def bound(value) -> InputModifier:
+    """The input replaced by ``-value`` broadcast to its shape (the z^B bound terms)."""
+
+    def modifier(x: Tensor, nonnegative: bool = False) -> Tensor:
+        return -tf.broadcast_to(tf.cast(value, x.dtype), tf.shape(x))
+
+    return modifier
+
+
+def plus(w: Tensor) -> Tensor:
+    """``w+``."""
+    return tf.nn.relu(w)
+
+
+def minus(w: Tensor) -> Tensor:
+    """``w-``."""
+    return tf.minimum(w, 0.0)
+
+
+def square(w: Tensor) -> Tensor:
+    """``w**2``."""
+    return tf.square(w)
+
+
+def flat(w: Tensor) -> Tensor:
+    """All weights 1."""
+    return tf.ones_like(w)
+
+
+def unchanged(b: Tensor) -> Tensor:
+    """The bias as it is."""
+    return b
+
+
+# ------------------------------------------------------------------------------- machinery
+@dataclass(frozen=True)
+class Term:
+    """One ``apply(u, rho(W))`` summand: an input modifier and a weight modifier.
+
+    ``weight=None`` keeps the layer's weights (required for layers without weights).
+    """
+
+    input: InputModifier = identity
+    weight: WeightModifier | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Terms that share one denominator; their input relevance is scaled by ``coefficient``.
+
+    ``bias`` modifies the bias added to the denominator; ``None`` leaves the bias out.
+    """
+
+    terms: tuple[Term, ...]
+    bias: WeightModifier | None = None
+    stabilizer: float = 0.0
+    coefficient: float = 1.0
+
+
+@dataclass
+class Context:
+    """What a rule sees of one node during the backward pass.
+
+    Attributes
+    ----------
+    node
+        The :class:`tf_lrp.graph.Node` (``node.layer``, ``node.linear``, ``node.call``).
+    inputs, outputs
+        The node's forward values (for a linear node, ``outputs[0]`` is ``z`` with bias).
+    relevance
+        Relevance at each output.
+    nonnegative
+        Per input, whether it is statically known to be >= 0.
+    tape
+        The persistent tape of the forward pass.
+    kernels, bias, z0
+        For a linear node: the kernels and bias of the forward pass and ``z`` without bias.
+    """
+
+    node: object
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    relevance: list[Tensor]
+    nonnegative: list[bool]
+    tape: tf.GradientTape
+    kernels: list[Tensor] | None = None
+    bias: Tensor | None = None
+    z0: Tensor | None = None
+
+    def gradient(self, upstream: Sequence[Tensor], targets=None) -> list[Tensor]:
+        """Vector-Jacobian product of the forward pass of this node with ``upstream``."""
+        grads = self.tape.gradient(
+            self.outputs if targets is None else targets,
+            self.inputs,
+            output_gradients=list(upstream),
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        return list(grads)
+
+
+def stabilize(z: Tensor, stabilizer: float) -> Tensor:
+    """``z + stabilizer * sign+(z)`` with ``sign+(0) = +1``."""
+    if not stabilizer:
+        return z
+    return z + stabilizer * tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
+
+
+def _term_forward(ctx: Context, term: Term) -> tuple[list[Tensor | None], Tensor, Callable] | None:
+    """Forward ``z_t`` of one term and the function computing its gradient; None if it vanishes."""
+    us = [term.input(x, nn) for x, nn in zip(ctx.inputs, ctx.nonnegative)]
+    if all(u is None for u in us):
+        return None
+    linear = ctx.node.linear
+    plain = term.weight is None and all(u is x for u, x in zip(us, ctx.inputs))
+    if linear is None:
+        if term.weight is not None:
+            raise UnsupportedLayerError(
+                f"A rule that modifies weights was mapped to {ctx.node.name!r} "
+                f"({type(ctx.node.layer).__name__}), which has no weights. Map a rule without "
+                "weight modifiers (rules.Zero, rules.Epsilon, rules.Pass) to this layer class."
+            )
+        if plain:
+            return us, ctx.outputs[0], lambda s: ctx.gradient([s])
+        us = [tf.zeros_like(x) if u is None else u for u, x in zip(us, ctx.inputs)]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(us)
+            z = ctx.node.call(us)[0]
+        return us, z, lambda s: tape.gradient(z, us, output_gradients=s)
+    if plain:
+        return us, ctx.z0, lambda s: ctx.gradient([s], targets=[ctx.z0])
+    kernels = ctx.kernels if term.weight is None else [term.weight(k) for k in ctx.kernels]
+    u = us[0]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(u)
+        z = linear.apply(u, kernels)
+    return us, z, lambda s: [tape.gradient(z, u, output_gradients=s)]
+
+
+def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
+    """The shared four-step LRP form (see the module docstring) over ``groups``."""
+    relevance = ctx.relevance[0]
+    total: list[Tensor | None] = [None] * len(ctx.inputs)
+    for group in groups:
+        parts = [p for p in (_term_forward(ctx, t) for t in group.terms) if p is not None]
+        if not parts:
+            continue
+        if len(parts) == 1 and parts[0][1] is ctx.z0 and group.bias is unchanged:
+            z = ctx.outputs[0]  # the forward's own z (with bias): nothing to recompute
+        else:
+            z = tf.add_n([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+            if group.bias is not None and ctx.bias is not None:
+                z = ctx.node.linear.add_bias(z, group.bias(ctx.bias))
+        s = tf.math.divide_no_nan(relevance, stabilize(z, group.stabilizer))
+        for us, _, vjp in parts:
+            for i, (u, c) in enumerate(zip(us, vjp(s))):
+                if u is None:
+                    continue
+                r = group.coefficient * (u * c)
+                total[i] = r if total[i] is None else total[i] + r
+    return [tf.zeros_like(x) if r is None else r for r, x in zip(total, ctx.inputs)]
+
+
+# ------------------------------------------------------------------------------- rules
+class Rule:
+    """Base class: a rule maps the relevance at a node's outputs to relevance at its inputs."""
+
+    params: dict = {}
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class BasicRule(Rule):
+    """A rule of the four-step form; subclasses declare :meth:`groups`."""
+
+    def __init__(self, params: dict | None = None):
+        self.params = dict(params or {})
+
+    def groups(self) -> list[Group]:
+        raise NotImplementedError
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        return propagate(ctx, self.groups())
+
+
+class Epsilon(BasicRule):
+    """LRP-epsilon: ``R_j = a_j sum_k w_jk R_k / (z_k + epsilon * sign+(z_k))``.
+
+    Parameters
+    ----------
+    epsilon
+        Stabiliser added to the denominator with the sign of ``z``; absorbs weak relevance.
+    bias
+        Whether the bias is part of ``z`` (then it absorbs its share of relevance).
+    """
+
+    def __init__(self, epsilon: float = 1e-6, bias: bool = True):
+        super().__init__({"epsilon": epsilon, "bias": bias})
+        self.epsilon, self.bias = float(epsilon), bool(bias)
+
+    def groups(self) -> list[Group]:
+        return [Group((Term(),), unchanged if self.bias else None, self.epsilon)]
+
+
+class Zero(Epsilon):
+    """LRP-0: ``R_j = a_j sum_k w_jk R_k / z_k``; a zero denominator passes no relevance."""
+
+    def __init__(self):
+        super().__init__(epsilon=0.0, bias=True)
+        self.params = {}
+
+
+class Gamma(BasicRule):
+    """LRP-gamma: favour positive contributions.
+
+    Positive inputs are paired with ``w + gamma w+``, negative inputs with ``w + gamma w-``
+    (both are the contributions that push ``z`` up), the bias is ``b + gamma b+``:
+    ``z_k = sum_j a+_j (w + gamma w+)_jk + a-_j (w + gamma w-)_jk + (b + gamma b+)_k`` and
+    ``R_j = a+_j sum_k (w + gamma w+)_jk s_k + a-_j sum_k (w + gamma w-)_jk s_k`` with
+    ``s = R / (z + stabilizer * sign+(z))``. For non-negative inputs this is the usual
+    ``rho(w) = w + gamma w+``.
+    """
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
+        super().__init__({"gamma": gamma, "stabilizer": stabilizer})
+        self.gamma, self.stabilizer = float(gamma), float(stabilizer)
+
+    def groups(self) -> list[Group]:
+        g = self.gamma
+        up, down = (lambda w: w + g * plus(w)), (lambda w: w + g * minus(w))
+        return [Group((Term(positive, up), Term(negative, down)), up, self.stabilizer)]
+
+
+class AlphaBeta(BasicRule):
+    """LRP-alpha-beta: ``R = alpha * (positive share) - beta * (negative share)``.
+
+    ``z+ = x+ w+ + x- w-`` (plus ``b+`` if ``bias``) and ``z- = x+ w- + x- w+`` (plus ``b-``),
+    each with its own denominator. ``alpha - beta`` must be 1 (conservation).
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, bias: bool = False):
+        if abs(float(alpha) - float(beta) - 1.0) > 1e-9:
+            raise ValueError(
+                f"AlphaBeta needs alpha - beta = 1 to conserve relevance; got alpha={alpha}, "
+                f"beta={beta}. Use e.g. alpha=2, beta=1 or alpha=1, beta=0."
+            )
+        super().__init__({"alpha": alpha, "beta": beta, "bias": bias})
+        self.alpha, self.beta, self.bias = float(alpha), float(beta), bool(bias)
+
+    def groups(self) -> list[Group]:
+        groups = [Group((Term(positive, plus), Term(negative, minus)),
+                        plus if self.bias else None, 0.0, self.alpha)]
+        if self.beta:
+            groups.append(Group((Term(positive, minus), Term(negative, plus)),
+                                minus if self.bias else None, 0.0, -self.beta))
+        return groups
+
+
+class ZPlus(AlphaBeta):
+    """LRP-z+ : ``AlphaBeta(alpha=1, beta=0, bias=False)`` (for non-negative inputs ``rho(w) = w+``)."""
+
+    def __init__(self):
+        super().__init__(alpha=1.0, beta=0.0, bias=False)
+        self.params = {}
+
+
+class ZBox(BasicRule):
+    """LRP-z^B (bounded inputs, for the first layer).
+
+    ``R_j = sum_k (a_j w_jk - l_j w+_jk - h_j w-_jk) / sum_j (...) * R_k``, no bias; ``low`` and
+    ``high`` are scalars or arrays broadcastable to the input.
+    """
+
+    def __init__(self, low=-1.0, high=1.0):
+        super().__init__({"low": low, "high": high})
+        self.low, self.high = low, high
+
+    def groups(self) -> list[Group]:
+        return [Group((Term(), Term(bound(self.low), plus), Term(bound(self.high), minus)))]
+
+
+class WSquare(BasicRule):
+    """LRP-w^2: ``R_j = sum_k w_jk^2 / sum_j w_jk^2 * R_k`` (not multiplied by the input)."""
+
+    def groups(self) -> list[Group]:
+        return [Group((Term(ones, square),))]
+
+
+class Flat(BasicRule):
+    """LRP-flat: like :class:`WSquare` with every weight set to 1 (uniform over the receptive field)."""
+
+    def groups(self) -> list[Group]:
+        return [Group((Term(ones, flat),))]
+
+
+class Pass(Rule):
+    """Relevance passes unchanged (activations; only where input and output shapes agree)."""
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        if len(ctx.inputs) != 1 or ctx.inputs[0].shape[1:] != ctx.relevance[0].shape[1:]:
+            raise UnsupportedLayerError(
+                f"rules.Pass() was mapped to {ctx.node.name!r} ({type(ctx.node.layer).__name__}), "
+                "whose input and output shapes differ; Pass only fits shape-preserving layers."
+            )
+        return list(ctx.relevance)
+
+
+class Route(Rule):
+    """Relevance follows the ordinary gradient: the winner of max pooling, reshapes, concatenation."""
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        return ctx.gradient(ctx.relevance)
+
+
+#: The rules by snake_case name (used by :func:`tf_lrp.composites.get` and the CLI).
+RULES: dict[str, type[Rule]] = {
+    "epsilon": Epsilon,
+    "zero": Zero,
+    "gamma": Gamma,
+    "alpha_beta": AlphaBeta,
+    "z_plus": ZPlus,
+    "z_box": ZBox,
+    "w_square": WSquare,
+    "flat": Flat,
+    "pass": Pass,
+    "route": Route,
+}
