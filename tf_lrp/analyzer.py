@@ -115,20 +115,29 @@ class BaseAnalyzer:
 
     # ---------------------------------------------------------------- traced parts
     def _forward(self, xs: Sequence[Tensor]) -> tuple[dict[int, Tensor], dict[str, tuple]]:
-        """Run the canonized graph; return tensor values and, per linear node, (kernels, bias, z0)."""
+        """Run the canonized graph.
+
+        Returns the tensor values and, per node, the extras rules need: for a linear node
+        ``(kernels, bias, z0)``; for a node with several inputs, the ``tf.identity`` copies it
+        was fed, so that its vector-Jacobian product on the tape holds only the direct partial
+        derivatives (an input may itself depend on another input, as in a residual ``Add``).
+        """
         values = dict(zip(self.graph.inputs, xs))
-        linear_parts: dict[str, tuple] = {}
+        extras: dict[str, tuple] = {}
         for node in self.graph.nodes:
             ins = [values[k] for k in node.inputs]
+            if len(ins) > 1:
+                ins = [tf.identity(v) for v in ins]
+                extras[node.name] = (ins,)
             if node.linear is not None:
                 kernels, bias = node.linear.kernels(), node.linear.bias()
                 z0 = node.linear.apply(ins[0], kernels)
                 outs = [node.linear.add_bias(z0, bias)]
-                linear_parts[node.name] = (kernels, bias, z0)
+                extras[node.name] = (kernels, bias, z0)
             else:
                 outs = node.call(ins)
             values.update(zip(node.outputs, outs))
-        return values, linear_parts
+        return values, extras
 
     def _output(self, values: dict[int, Tensor]) -> Tensor:
         y = values[self._output_key]
@@ -372,7 +381,7 @@ class Analyzer(BaseAnalyzer):
     def _backward(self, xs, targets, keep_all: bool = False):
         with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
             tape.watch(xs)
-            values, linear_parts = self._forward(xs)
+            values, extras = self._forward(xs)
         relevance = {self._output_key: self._start(values[self._output_key], targets)}
         seen: dict[int, Tensor] = {}
         for node in reversed(self.graph.nodes):
@@ -384,10 +393,13 @@ class Analyzer(BaseAnalyzer):
                 seen.update(zip(node.outputs, r_out))
             if self.relevance_filter is not None and node.linear is not None:
                 r_out = [self._filter(r) for r in r_out]
+            extra = extras.get(node.name, ())
             ctx = lrp_rules.Context(
-                node, [values[k] for k in node.inputs], [values[k] for k in node.outputs], r_out,
+                node,
+                extra[0] if len(extra) == 1 else [values[k] for k in node.inputs],
+                [values[k] for k in node.outputs], r_out,
                 [self._nonnegative.get(k, False) for k in node.inputs], tape,
-                *linear_parts.get(node.name, (None, None, None)),
+                *(extra if len(extra) == 3 else (None, None, None)),
             )
             for k, r in zip(node.inputs, self.rules[node.name](ctx)):
                 relevance[k] = r if k not in relevance else relevance[k] + r

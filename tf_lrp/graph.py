@@ -142,12 +142,19 @@ def build_graph(model: keras.Model) -> Graph:
         graph.inputs.append(keys[id(kt)])
         graph.input_shapes.append(tuple(kt.shape[1:]))
         graph.input_dtypes.append(str(kt.dtype))
-        graph.input_names.append(kt.name)
+        graph.input_names.append(_tensor_name(kt))
     counts: dict[int, int] = {}
     _walk(fn, keys, "", graph, counts)
     graph.outputs = [keys[id(kt)] for kt in fn.outputs]
-    graph.output_names = [kt.name for kt in fn.outputs]
+    graph.output_names = [_tensor_name(kt) for kt in fn.outputs]
     return graph
+
+
+def _tensor_name(kt) -> str:
+    """The name of the layer that produced a symbolic tensor (an input's InputLayer name)."""
+    history = getattr(kt, "_keras_history", None)
+    op = getattr(history, "operation", None)
+    return op.name if op is not None else kt.name
 
 
 def _walk(fn, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int, int]) -> None:

@@ -1,0 +1,326 @@
+"""Small, deterministic data sets for examples, tests and the shipped models.
+
+Nothing is downloaded: the digits come from the copy bundled with scikit-learn and
+the shapes are generated from a seed.
+
+Digits
+    :func:`load_digits` returns scikit-learn's 1797 handwritten digits (8x8, values
+    0..16) upsampled with Pillow's bicubic filter to ``size`` x ``size``, scaled to
+    [-1, 1] with background -1, optionally padded with background. A fixed stratified
+    75/25 split (:data:`DIGITS_TEST_FRACTION`, ``seed=0``) defines "train" and "test"
+    for every script, test and model card in this project.
+
+Shapes
+    :func:`make_shapes` draws RGB images in [0, 1], each holding exactly one
+    class-defining shape (:data:`SHAPES_CLASSES`) among clutter (thin line segments,
+    small irregular blobs, pixel noise), together with the ground-truth mask of the
+    shape. Sample ``i`` depends only on ``(seed, i)``, so a longer data set with the
+    same seed starts with the shorter one. :data:`SHAPES_TRAIN_SEED` and
+    :data:`SHAPES_TEST_SEED` name the training and held-out data of the shipped model.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from tf_lrp.errors import InputError
+
+__all__ = [
+    "DIGITS_TEST_FRACTION",
+    "LENET_PAD",
+    "SHAPES_CLASSES",
+    "SHAPES_TEST_SEED",
+    "SHAPES_TRAIN_SEED",
+    "digits_split_indices",
+    "load_digits",
+    "make_shapes",
+]
+
+#: Fraction of the digits held out as the "test" split.
+DIGITS_TEST_FRACTION = 0.25
+#: Background pixels added on each side of 28x28 digits to make the 32x32 LeNet input.
+LENET_PAD = 2
+#: Class names of :func:`make_shapes`; the label is the index into this tuple.
+SHAPES_CLASSES = ("circle", "square", "triangle", "cross")
+#: Seed of the shapes the shipped ``shapes_resnet.keras`` was trained on.
+SHAPES_TRAIN_SEED = 0
+#: Seed of the held-out shapes its accuracy is reported on.
+SHAPES_TEST_SEED = 1
+
+_SPLITS = ("train", "test", "all")
+_N_DIGITS = 1797
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=1)
+def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = bunch.images.astype(np.float32)
+    images.setflags(write=False)
+    labels = bunch.target.astype(np.int64)
+    labels.setflags(write=False)
+    return images, labels
+
+
+@functools.lru_cache(maxsize=4)
+def _upsampled_digits(size: int) -> np.ndarray:
+    """All digits resized to ``size`` x ``size`` and scaled to [-1, 1] (read-only, cached)."""
+    from PIL import Image
+
+    images, _ = _raw_digits()
+    out = np.empty((len(images), size, size), dtype=np.float32)
+    for i, image in enumerate(images):
+        resized = Image.fromarray(image, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+        out[i] = np.asarray(resized, dtype=np.float32)
+    # Bicubic interpolation overshoots a little: clip back to the source range 0..16.
+    np.clip(out, 0.0, 16.0, out=out)
+    out = out / 8.0 - 1.0
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _split(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    _, labels = _raw_digits()
+    train, test = train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=labels,
+        random_state=seed,
+    )
+    train, test = np.sort(train), np.sort(test)
+    train.setflags(write=False)
+    test.setflags(write=False)
+    return train, test
+
+
+def digits_split_indices(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the train and test digits into scikit-learn's 1797 samples.
+
+    Parameters
+    ----------
+    seed : int, default 0
+        Seed of the stratified 75/25 split. ``0`` is the project's split: the shipped
+        models were trained on its "train" part and evaluated on its "test" part.
+
+    Returns
+    -------
+    train, test : numpy.ndarray
+        Sorted, disjoint int64 index arrays (1347 and 450 entries), read-only.
+    """
+    seed = _check_int("seed", seed, 0)
+    return _split(seed)
+
+
+def load_digits(
+    size: int = 28, split: str = "test", seed: int = 0, pad: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Handwritten digits from scikit-learn, upsampled, in [-1, 1].
+
+    The 8x8 images (ink 0..16) are resized to ``size`` x ``size`` with Pillow's bicubic
+    filter, clipped to 0..16 (bicubic overshoots) and mapped linearly to [-1, 1]
+    (background -1, full ink +1). ``pad`` pixels of background are then added on each
+    side. The tutorial's inputs are ``load_digits()`` (28x28, MLP) and
+    ``load_digits(pad=LENET_PAD)`` (28x28 digits in a 32x32 frame, LeNet-5).
+
+    Parameters
+    ----------
+    size : int, default 28
+        Side of the upsampled digit, >= 8.
+    split : {"test", "train", "all"}, default "test"
+        Which part of the fixed stratified 75/25 split to return ("all": all 1797
+        digits in scikit-learn's order).
+    seed : int, default 0
+        Seed of the split; keep 0 to match the shipped models.
+    pad : int, default 0
+        Background pixels (-1) added on each side; the images are
+        ``size + 2 * pad`` pixels square.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        float32, shape ``(n, size + 2 * pad, size + 2 * pad, 1)``, values in [-1, 1].
+    y : numpy.ndarray
+        int64 labels 0..9, shape ``(n,)``.
+
+    Raises
+    ------
+    InputError
+        If ``split`` is unknown or ``size``, ``pad`` or ``seed`` is out of range.
+
+    Examples
+    --------
+    >>> x, y = load_digits(split="test")
+    >>> x.shape, y.shape
+    ((450, 28, 28, 1), (450,))
+    >>> load_digits(pad=LENET_PAD)[0].shape
+    (450, 32, 32, 1)
+    """
+    size = _check_int("size", size, 8)
+    pad = _check_int("pad", pad, 0)
+    seed = _check_int("seed", seed, 0)
+    if split not in _SPLITS:
+        raise InputError(f"split must be one of {_SPLITS}, got {split!r}.")
+    images = _upsampled_digits(size)
+    _, labels = _raw_digits()
+    if split == "all":
+        index = np.arange(len(labels))
+    else:
+        train, test = _split(seed)
+        index = train if split == "train" else test
+    x = images[index]
+    if pad:
+        x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), constant_values=-1.0)
+    return np.ascontiguousarray(x[..., None], dtype=np.float32), labels[index].copy()
+
+
+# --------------------------------------------------------------------------- shapes
+
+# Half-extent of each class shape relative to its scale r (keeps it inside the image).
+_EXTENT = {"circle": 1.0, "square": 1.07, "triangle": 1.2, "cross": 1.05}
+_MIN_CONTRAST = 0.45  # minimum RGB distance of drawn objects from the background
+_NOISE_STD = 0.04
+
+
+def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    """Pixels inside shape ``name`` of scale ``r``; ``u, v`` are rotated centred coordinates."""
+    if name == "circle":
+        return u**2 + v**2 <= r**2
+    if name == "square":
+        half = 0.75 * r
+        return np.maximum(np.abs(u), np.abs(v)) <= half
+    if name == "triangle":
+        # Equilateral triangle with circumradius 1.2 r: inside all three edge half-planes
+        # (inradius = circumradius / 2), the edge normals 120 degrees apart.
+        inradius = 0.6 * r
+        inside = np.ones(u.shape, dtype=bool)
+        for angle in (-0.5 * np.pi, np.pi / 6, 5 * np.pi / 6):
+            inside &= u * np.cos(angle) + v * np.sin(angle) <= inradius
+        return inside
+    if name == "cross":
+        arm = 0.28 * r
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= arm) & (av <= r)) | ((av <= arm) & (au <= r))
+    raise AssertionError(name)
+
+
+def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    for _ in range(100):
+        colour = rng.uniform(0.0, 1.0, 3)
+        if np.linalg.norm(colour - background) >= _MIN_CONTRAST:
+            return colour
+    return 1.0 - np.round(background)  # unreachable in practice; still deterministic
+
+
+def _draw_clutter(image: np.ndarray, rng: np.random.Generator, yy, xx, background) -> None:
+    size = image.shape[0]
+    for _ in range(rng.integers(2, 5)):  # thin line segments
+        length = rng.uniform(0.2, 0.45) * size
+        angle = rng.uniform(0.0, np.pi)
+        y0, x0 = rng.uniform(0.0, size, 2)
+        dy, dx = np.sin(angle) * length, np.cos(angle) * length
+        t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / length**2, 0.0, 1.0)
+        near = (yy - y0 - t * dy) ** 2 + (xx - x0 - t * dx) ** 2 <= 0.5**2
+        image[near] = _contrasting_colour(rng, background)
+    for _ in range(rng.integers(1, 4)):  # irregular blobs: 2-3 small overlapping discs
+        cy, cx = rng.uniform(0.0, size, 2)
+        blob = np.zeros(yy.shape, dtype=bool)
+        for _ in range(rng.integers(2, 4)):
+            oy, ox = rng.uniform(-1.5, 1.5, 2)
+            radius = rng.uniform(0.8, 1.6) * size / 32
+            blob |= (yy - cy - oy) ** 2 + (xx - cx - ox) ** 2 <= radius**2
+        image[blob] = _contrasting_colour(rng, background)
+
+
+def _make_shape_image(
+    seed: int, index: int, label: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, index])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    background = rng.uniform(0.0, 1.0, 3)
+    image = np.broadcast_to(background, (size, size, 3)).copy()
+    _draw_clutter(image, rng, yy, xx, background)
+
+    name = SHAPES_CLASSES[label]
+    r = rng.uniform(0.18, 0.3) * size
+    margin = _EXTENT[name] * r + 1.0
+    cy, cx = rng.uniform(margin, size - margin, 2)
+    theta = rng.uniform(0.0, 2 * np.pi)
+    cos, sin = np.cos(theta), np.sin(theta)
+    u = (xx - cx) * cos + (yy - cy) * sin
+    v = -(xx - cx) * sin + (yy - cy) * cos
+    mask = _shape_mask(name, u, v, r)
+    image[mask] = _contrasting_colour(rng, background)
+
+    image += rng.normal(0.0, _NOISE_STD, image.shape)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), mask
+
+
+def _shape_labels(n: int, seed: int) -> np.ndarray:
+    """Labels in shuffled blocks of one sample per class: every prefix is balanced."""
+    k = len(SHAPES_CLASSES)
+    blocks = [np.random.default_rng([seed, b, k]).permutation(k) for b in range(-(-n // k))]
+    return np.concatenate(blocks)[:n].astype(np.int64) if blocks else np.zeros(0, np.int64)
+
+
+def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic shapes among clutter, with ground-truth masks.
+
+    Each RGB image has a random uniform background colour and holds exactly one
+    class-defining shape (circle, square, equilateral triangle or plus-shaped cross;
+    random position, scale 0.18-0.3 ``size``, rotation and colour) drawn on top of
+    2-4 thin line segments and 1-3 small irregular blobs (random colours, never one of
+    the class shapes), plus Gaussian pixel noise (std 0.04). Every object differs from
+    the background by at least 0.45 in RGB distance.
+
+    Parameters
+    ----------
+    n : int
+        Number of images, >= 0.
+    size : int, default 32
+        Image side in pixels, >= 16.
+    seed : int, default 0
+        Sample ``i`` depends only on ``(seed, i)``: the same seed gives identical
+        arrays, and ``make_shapes(m, seed=s)`` is a prefix of ``make_shapes(n, seed=s)``
+        for ``m <= n``. Use :data:`SHAPES_TRAIN_SEED` / :data:`SHAPES_TEST_SEED` for
+        the shipped model's training / held-out data.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        float32, shape ``(n, size, size, 3)``, values in [0, 1].
+    y : numpy.ndarray
+        int64 labels, index into :data:`SHAPES_CLASSES`, shape ``(n,)``. Labels come
+        in shuffled blocks of one sample per class, so class counts differ by at most 1.
+    masks : numpy.ndarray
+        bool, shape ``(n, size, size)``: the pixels of the class-defining shape
+        (never empty; clutter lies underneath it, noise on top).
+
+    Raises
+    ------
+    InputError
+        If ``n``, ``size`` or ``seed`` is out of range.
+    """
+    n = _check_int("n", n, 0)
+    size = _check_int("size", size, 16)
+    seed = _check_int("seed", seed, 0)
+    y = _shape_labels(n, seed)
+    x = np.empty((n, size, size, 3), dtype=np.float32)
+    masks = np.empty((n, size, size), dtype=bool)
+    for i, label in enumerate(y):
+        x[i], masks[i] = _make_shape_image(seed, i, int(label), size)
+    return x, y, masks
