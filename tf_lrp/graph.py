@@ -1,8 +1,8 @@
 """Adapter from a Keras 3 model to a flat list of nodes.
 
-This is the only module of tf_lrp that touches Keras private internals (``_nodes_by_depth``,
-``node.arguments``, ``Sequential._functional``, ``_call_has_training_arg``). Everything above it
-sees :class:`Graph`: nodes in topological order, each with integer keys for its input and output
+The Keras private internals it needs (``_nodes_by_depth``, ``node.arguments``,
+``Sequential._functional``) are reached through :mod:`tf_lrp.keras_adapter`, the one module
+that touches them. Everything above this module sees :class:`Graph`: nodes in topological order, each with integer keys for its input and output
 tensors and a ``call`` that re-runs the operation on new tensors.
 
 Sequential models are walked through their functional twin, nested models (a model used as a
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
+from tf_lrp import keras_adapter
 from tf_lrp.errors import UnsupportedLayerError
 
 Tensor = tf.Tensor
@@ -87,35 +88,20 @@ class Graph:
 
 def _functional(model: keras.Model, name: str):
     """The functional graph of a model: itself, or a Sequential's functional twin."""
-    if isinstance(model, keras.Sequential):
-        fn = getattr(model, "_functional", None)
-        if fn is None:
-            raise UnsupportedLayerError(
-                f"Sequential model {name!r} is not built, so its layers have no graph to walk. "
-                "Fix: give it an input shape (keras.Input(shape=...) as first layer) or call it "
-                "once on a batch before explaining it."
-            )
+    fn = keras_adapter.functional_of(model)
+    if fn is not None:
         return fn
-    if not hasattr(model, "_nodes_by_depth"):
+    if isinstance(model, keras.Sequential):
         raise UnsupportedLayerError(
-            f"Model {name!r} ({type(model).__name__}) is a subclassed keras.Model whose call() "
-            "cannot be walked layer by layer. Fix: build it with the functional API or as a "
-            "keras.Sequential (the same layers work unchanged)."
+            f"Sequential model {name!r} is not built, so its layers have no graph to walk. "
+            "Fix: give it an input shape (keras.Input(shape=...) as first layer) or call it "
+            "once on a batch before explaining it."
         )
-    return model
-
-
-def _make_call(node, op) -> Callable[[list[Tensor]], list[Tensor]]:
-    kts = list(node.input_tensors)
-    takes_training = bool(getattr(op, "_call_has_training_arg", False))
-
-    def call(values: list[Tensor]) -> list[Tensor]:
-        args, kwargs = node.arguments.fill_in({id(kt): v for kt, v in zip(kts, values)})
-        if takes_training:
-            kwargs = {**kwargs, "training": False}
-        return keras.tree.flatten(op(*args, **kwargs))
-
-    return call
+    raise UnsupportedLayerError(
+        f"Model {name!r} ({type(model).__name__}) is a subclassed keras.Model whose call() "
+        "cannot be walked layer by layer. Fix: build it with the functional API or as a "
+        "keras.Sequential (the same layers work unchanged)."
+    )
 
 
 def build_graph(model: keras.Model) -> Graph:
@@ -142,42 +128,32 @@ def build_graph(model: keras.Model) -> Graph:
         graph.inputs.append(keys[id(kt)])
         graph.input_shapes.append(tuple(kt.shape[1:]))
         graph.input_dtypes.append(str(kt.dtype))
-        graph.input_names.append(_tensor_name(kt))
+        graph.input_names.append(keras_adapter.tensor_name(kt))
     counts: dict[int, int] = {}
     _walk(fn, keys, "", graph, counts)
     graph.outputs = [keys[id(kt)] for kt in fn.outputs]
-    graph.output_names = [_tensor_name(kt) for kt in fn.outputs]
+    graph.output_names = [keras_adapter.tensor_name(kt) for kt in fn.outputs]
     return graph
 
 
-def _tensor_name(kt) -> str:
-    """The name of the layer that produced a symbolic tensor (an input's InputLayer name)."""
-    history = getattr(kt, "_keras_history", None)
-    op = getattr(history, "operation", None)
-    return op.name if op is not None else kt.name
-
-
 def _walk(fn, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int, int]) -> None:
-    for depth in sorted(fn._nodes_by_depth, reverse=True):
-        for node in fn._nodes_by_depth[depth]:
-            op = node.operation
-            if op is None or node.is_input:
-                continue
-            in_keys = [keys[id(kt)] for kt in node.input_tensors]
-            if isinstance(op, keras.Model):
-                inner = _functional(op, prefix + op.name)
-                for kt, k in zip(inner.inputs, in_keys):
-                    keys[id(kt)] = k
-                _walk(inner, keys, prefix + op.name + "/", graph, counts)
-                for kt_outer, kt_inner in zip(node.output_tensors, inner.outputs):
-                    keys[id(kt_outer)] = keys[id(kt_inner)]
-                continue
-            out_keys = []
-            for kt in node.output_tensors:
-                keys[id(kt)] = graph.new_key()
-                graph.shapes[keys[id(kt)]] = tuple(kt.shape)
-                out_keys.append(keys[id(kt)])
-            n = counts.get(id(op), 0)
-            counts[id(op)] = n + 1
-            name = prefix + op.name + (f":{n}" if n else "")
-            graph.nodes.append(Node(name, op, in_keys, out_keys, _make_call(node, op)))
+    for node, inputs, outputs in keras_adapter.nodes_in_order(fn):
+        op = node.operation
+        in_keys = [keys[id(kt)] for kt in inputs]
+        if isinstance(op, keras.Model):
+            inner = _functional(op, prefix + op.name)
+            for kt, k in zip(inner.inputs, in_keys):
+                keys[id(kt)] = k
+            _walk(inner, keys, prefix + op.name + "/", graph, counts)
+            for kt_outer, kt_inner in zip(outputs, inner.outputs):
+                keys[id(kt_outer)] = keys[id(kt_inner)]
+            continue
+        out_keys = []
+        for kt in outputs:
+            keys[id(kt)] = graph.new_key()
+            graph.shapes[keys[id(kt)]] = tuple(kt.shape)
+            out_keys.append(keys[id(kt)])
+        n = counts.get(id(op), 0)
+        counts[id(op)] = n + 1
+        name = prefix + op.name + (f":{n}" if n else "")
+        graph.nodes.append(Node(name, op, in_keys, out_keys, keras_adapter.node_call(node)))

@@ -34,6 +34,7 @@ from typing import Any
 import h5py
 import keras
 
+from tf_lrp import keras_adapter
 from tf_lrp.errors import ModelLoadError
 
 __all__ = ["load_model"]
@@ -257,15 +258,13 @@ def _load_hdf5(path: Path, custom_objects: dict[str, Any] | None, safe_mode: boo
 
 def _read_model_config(h5: h5py.File, path: Path) -> dict[str, Any]:
     """Parse the ``model_config`` attribute into a fresh dict (our copy to repair)."""
-    from keras.src.legacy.saving import json_utils
-
     raw = h5.attrs.get("model_config")
     if raw is None:
         raise ModelLoadError(_not_a_model_message(h5, path))
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
     try:
-        config = json_utils.decode(raw)
+        config = keras_adapter.decode_legacy_config(raw)
     except ValueError as err:
         raise ModelLoadError(
             f"'{path}' has an unreadable model_config attribute ({err}). {_RESAVE_FIX}"
@@ -293,17 +292,7 @@ def _build_from_hdf5(
     safe_mode: bool,
 ) -> keras.Model:
     """Rebuild the model from the repaired config and load the weights, as Keras does for .h5."""
-    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
-    from keras.src.saving import serialization_lib
-
-    with (
-        saving_options.keras_option_scope(use_legacy_config=True),
-        serialization_lib.SafeModeScope(safe_mode),
-    ):
-        model = saving_utils.model_from_config(config, custom_objects=custom_objects)
-        weights = h5.get("model_weights", h5)
-        legacy_h5_format.load_weights_from_hdf5_group(weights, model)
-    return model
+    return keras_adapter.model_from_legacy_h5(h5, config, custom_objects, safe_mode)
 
 
 # ------------------------------------------------------------ Keras 2 config repairs

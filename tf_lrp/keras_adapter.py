@@ -1,0 +1,86 @@
+"""The one place where tf_lrp touches Keras private internals.
+
+Keras 3 has no public API for walking a functional graph node by node, for re-calling one
+node's operation with its non-tensor arguments, or for rebuilding a legacy ``.h5`` model from a
+repaired config. Everything of that kind lives here as small functions, so that a Keras upgrade
+that moves them is repaired in one module. :mod:`tf_lrp.graph` and :mod:`tf_lrp.io` call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+
+
+# ------------------------------------------------------------------ functional graphs
+def functional_of(model: keras.Model):
+    """The functional graph of ``model``: itself, a Sequential's functional twin, or ``None``.
+
+    ``None`` means the model has no graph to walk (an unbuilt Sequential, a subclassed model).
+    """
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model if hasattr(model, "_nodes_by_depth") else None
+
+
+def nodes_in_order(fn) -> Iterator[tuple[Any, list, list]]:
+    """``(node, input KerasTensors, output KerasTensors)`` of every operation call, topologically.
+
+    Input placeholders are skipped. Depth 0 holds the outputs, so descending depth is a
+    topological order.
+    """
+    for depth in sorted(fn._nodes_by_depth, reverse=True):
+        for node in fn._nodes_by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            yield node, list(node.input_tensors), list(node.output_tensors)
+
+
+def node_call(node) -> Callable[[list], list]:
+    """Re-run ``node``'s operation on new input tensors, in inference mode.
+
+    Non-tensor arguments of the original call (``axis=...``) are kept; ``training=False`` is
+    passed to layers whose ``call`` takes it.
+    """
+    op = node.operation
+    kts = list(node.input_tensors)
+    takes_training = bool(getattr(op, "_call_has_training_arg", False))
+
+    def call(values: list) -> list:
+        args, kwargs = node.arguments.fill_in({id(kt): v for kt, v in zip(kts, values)})
+        if takes_training:
+            kwargs = {**kwargs, "training": False}
+        return keras.tree.flatten(op(*args, **kwargs))
+
+    return call
+
+
+def tensor_name(kt) -> str:
+    """The name of the layer that produced a symbolic tensor (an input's InputLayer name)."""
+    history = getattr(kt, "_keras_history", None)
+    op = getattr(history, "operation", None)
+    return op.name if op is not None else kt.name
+
+
+# ------------------------------------------------------------------ legacy .h5 files
+def decode_legacy_config(text: str) -> Any:
+    """Parse the JSON ``model_config`` of a legacy ``.h5`` file as Keras does (``ValueError``)."""
+    from keras.src.legacy.saving import json_utils
+
+    return json_utils.decode(text)
+
+
+def model_from_legacy_h5(h5, config: dict, custom_objects: dict | None, safe_mode: bool):
+    """Rebuild a model from a (repaired) legacy config and load the weights of an open h5 file."""
+    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
+    from keras.src.saving import serialization_lib
+
+    with (
+        saving_options.keras_option_scope(use_legacy_config=True),
+        serialization_lib.SafeModeScope(safe_mode),
+    ):
+        model = saving_utils.model_from_config(config, custom_objects=custom_objects)
+        legacy_h5_format.load_weights_from_hdf5_group(h5.get("model_weights", h5), model)
+    return model
