@@ -104,7 +104,7 @@ class BaseAnalyzer:
         for node in self.graph.nodes:
             ins = [nonneg.get(k, False) for k in node.inputs]
             if node.kind == "activation":
-                value = lrp_layers.activation_name(node.layer) in lrp_layers._NONNEGATIVE_ACTIVATIONS
+                value = lrp_layers.is_nonnegative_activation(node.layer)
             elif node.linear is not None:
                 value = False
             else:

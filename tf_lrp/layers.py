@@ -420,6 +420,11 @@ def activation_name(fn) -> str | None:
     return name if isinstance(name, str) else getattr(fn, "__name__", None)
 
 
+def is_nonnegative_activation(fn) -> bool:
+    """Whether an activation function's output is always >= 0 (relu, sigmoid, softmax, ...)."""
+    return activation_name(fn) in _NONNEGATIVE_ACTIVATIONS
+
+
 def nonnegative_output(layer, inputs_nonnegative: Sequence[bool]) -> bool:
     """Whether ``layer``'s output is known to be >= 0, given which of its inputs are."""
     if isinstance(layer, kl.ReLU):
@@ -428,7 +433,7 @@ def nonnegative_output(layer, inputs_nonnegative: Sequence[bool]) -> bool:
     if isinstance(layer, kl.Softmax):
         return True
     if isinstance(layer, kl.Activation):
-        return activation_name(layer.activation) in _NONNEGATIVE_ACTIVATIONS
+        return is_nonnegative_activation(layer.activation)
     if isinstance(layer, _SIGN_PRESERVING):
         return bool(inputs_nonnegative) and all(inputs_nonnegative)
     return False

@@ -72,6 +72,10 @@ def minus(w: Tensor) -> Tensor:
     return tf.minimum(w, 0.0)
 
 
+# w- = w - w+: a forward with w- is the layer's own forward minus the one with w+
+minus.complement = plus
+
+
 def square(w: Tensor) -> Tensor:
     """``w**2``."""
     return tf.square(w)
@@ -160,8 +164,26 @@ def stabilize(z: Tensor, stabilizer: float) -> Tensor:
     return z + stabilizer * tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
 
 
-def _term_forward(ctx: Context, term: Term) -> tuple[list[Tensor | None], Tensor, Callable] | None:
-    """Forward ``z_t`` of one term and the function computing its gradient; None if it vanishes."""
+def _vjp(fn: Callable[[list[Tensor]], Tensor], us: list[Tensor], s: Tensor) -> list[Tensor]:
+    """``(d fn / d us)^T s`` for a function linear in ``us``.
+
+    The forward recorded here is dead code once differentiated (the transposed op needs only
+    the weights and ``s``), and TensorFlow prunes it from the traced graph.
+    """
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(us)
+        z = fn(us)
+    return list(tape.gradient(z, us, output_gradients=s,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+
+def _term_forward(ctx: Context, term: Term, cache: dict) -> tuple[list, Tensor, Callable] | None:
+    """Forward ``z_t`` of one term and a function computing its VJP; ``None`` if it vanishes.
+
+    ``cache`` maps ``(id(input), weight modifier)`` to forwards already computed for this node,
+    so that a weight modifier that declares a ``complement`` (``minus`` of ``plus``) is derived
+    by linearity, ``apply(x, W-) = apply(x, W) - apply(x, W+)``, instead of a new convolution.
+    """
     us = [term.input(x, nn) for x, nn in zip(ctx.inputs, ctx.nonnegative)]
     if all(u is None for u in us):
         return None
@@ -177,26 +199,27 @@ def _term_forward(ctx: Context, term: Term) -> tuple[list[Tensor | None], Tensor
         if plain:
             return us, ctx.outputs[0], lambda s: ctx.gradient([s])
         us = [tf.zeros_like(x) if u is None else u for u, x in zip(us, ctx.inputs)]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(us)
-            z = ctx.node.call(us)[0]
-        return us, z, lambda s: tape.gradient(z, us, output_gradients=s)
+        return us, ctx.node.call(us)[0], lambda s: _vjp(lambda v: ctx.node.call(v)[0], us, s)
     if plain:
         return us, ctx.z0, lambda s: ctx.gradient([s], targets=[ctx.z0])
     kernels = ctx.kernels if term.weight is None else [term.weight(k) for k in ctx.kernels]
     u = us[0]
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(u)
+    complement = getattr(term.weight, "complement", None)
+    if u is ctx.inputs[0] and (id(u), complement) in cache:
+        z = ctx.z0 - cache[(id(u), complement)]
+    else:
         z = linear.apply(u, kernels)
-    return us, z, lambda s: [tape.gradient(z, u, output_gradients=s)]
+        cache[(id(u), term.weight)] = z
+    return us, z, lambda s: _vjp(lambda v: linear.apply(v[0], kernels), [u], s)
 
 
 def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
     """The shared four-step LRP form (see the module docstring) over ``groups``."""
     relevance = ctx.relevance[0]
     total: list[Tensor | None] = [None] * len(ctx.inputs)
+    cache: dict = {}
     for group in groups:
-        parts = [p for p in (_term_forward(ctx, t) for t in group.terms) if p is not None]
+        parts = [p for p in (_term_forward(ctx, t, cache) for t in group.terms) if p is not None]
         if not parts:
             continue
         if len(parts) == 1 and parts[0][1] is ctx.z0 and group.bias is unchanged:
