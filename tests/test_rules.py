@@ -1,0 +1,364 @@
+"""Every LRP rule of tf_lrp against the independent float64 reference (tests/reference.py).
+
+Each case builds a tiny Keras 3 model with seeded random weights and nonzero biases, explains it
+with ``tf_lrp.Analyzer(model, rule)`` (one rule for every layer with weights) and compares with
+the explicit-matrix reference to 1e-5 relative. Batches mix samples with negative entries
+(mixed-sign first layer) and non-negative samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import keras
+import numpy as np
+import pytest
+import reference as ref
+
+import tf_lrp
+from tf_lrp import composites, rules
+
+SEED = 1234
+# The rules are compared in float64: a float32 engine differs from the exact value by about
+# 1e-7 times the condition number of each denominator (|terms| / |z|), which exceeds 1e-5 for
+# the odd nearly-cancelling z. float64 makes the 1e-5 comparison about the rule, not round-off;
+# test_float32_matches_reference covers the float32 path on well-conditioned cases.
+DTYPE = "float64"
+L = keras.layers
+
+# ----------------------------------------------------------------------------- rules
+
+# id -> (engine rule factory, reference rule); ZBox with array bounds is built per input shape.
+RULES = {
+    "epsilon": (lambda: rules.Epsilon(), ref.Epsilon(1e-6, bias=True)),
+    "epsilon_0.25": (lambda: rules.Epsilon(epsilon=0.25), ref.Epsilon(0.25, bias=True)),
+    "epsilon_1_nobias": (lambda: rules.Epsilon(epsilon=1.0, bias=False),
+                         ref.Epsilon(1.0, bias=False)),
+    "epsilon_1e-3_nobias": (lambda: rules.Epsilon(epsilon=1e-3, bias=False),
+                            ref.Epsilon(1e-3, bias=False)),
+    "zero": (lambda: rules.Zero(), ref.Zero()),
+    "gamma": (lambda: rules.Gamma(), ref.Gamma(0.25)),
+    "gamma_1": (lambda: rules.Gamma(gamma=1.0), ref.Gamma(1.0)),
+    "alpha2beta1": (lambda: rules.AlphaBeta(alpha=2, beta=1), ref.AlphaBeta(2, 1, bias=False)),
+    "alpha2beta1_bias": (lambda: rules.AlphaBeta(alpha=2, beta=1, bias=True),
+                         ref.AlphaBeta(2, 1, bias=True)),
+    "alpha1beta0": (lambda: rules.AlphaBeta(alpha=1, beta=0), ref.AlphaBeta(1, 0, bias=False)),
+    "alpha1beta0_bias": (lambda: rules.AlphaBeta(alpha=1, beta=0, bias=True),
+                         ref.AlphaBeta(1, 0, bias=True)),
+    "zplus": (lambda: rules.ZPlus(), ref.ZPlus()),
+    "zbox": (lambda: rules.ZBox(low=-1.5, high=1.5), ref.ZBox(-1.5, 1.5)),
+    "wsquare": (lambda: rules.WSquare(), ref.WSquare()),
+    "flat": (lambda: rules.Flat(), ref.Flat()),
+}
+
+
+# Single layers skip two ids the chains cover (alpha1beta0 is ZPlus by definition; a second
+# bias-free epsilon adds nothing on one layer): keeps the suite fast.
+SINGLE_RULES = [r for r in RULES if r not in ("alpha1beta0", "epsilon_1e-3_nobias")]
+SINGLE_RULES.append("zbox_array")
+
+
+@functools.cache
+def box_bounds(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature bounds around the inputs (which lie in [-1, 1])."""
+    rng = np.random.default_rng(SEED + 7)
+    low = -1.0 - rng.uniform(0.0, 1.0, shape)
+    high = 1.0 + rng.uniform(0.0, 1.0, shape)
+    return low, high
+
+
+def make_rule(rule_id: str, in_shape: tuple[int, ...]):
+    """(engine rule, reference rule) for an id; 'zbox_array' uses bounds shaped like the input."""
+    if rule_id == "zbox_array":
+        low, high = box_bounds(in_shape)
+        return rules.ZBox(low=low, high=high), ref.ZBox(low, high)
+    factory, reference = RULES[rule_id]
+    return factory(), reference
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: str):
+    """Build layers in ``dtype``; restores floatx and the global dtype policy afterwards."""
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(floatx)
+        keras.config.set_dtype_policy(policy)
+
+
+def functional(in_shape: tuple[int, ...], make_layers, seed: int = SEED,
+               dtype: str = DTYPE) -> keras.Model:
+    """A Functional chain of the layers ``make_layers()`` builds, in ``dtype``."""
+    with default_dtype(dtype):
+        inputs = keras.Input(shape=in_shape)
+        y = inputs
+        for layer in make_layers():
+            y = layer(y)
+        model = keras.Model(inputs, y)
+    assert all(w.dtype == dtype for w in model.weights)
+    return ref.randomize_weights(model, seed)
+
+
+def _activation(layer) -> str | None:
+    act = getattr(layer, "activation", None)
+    name = getattr(act, "__name__", None)
+    return None if name in (None, "linear") else name
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, tuple | list) else (value, value)
+
+
+def to_reference(model: keras.Model) -> list:
+    """The model's layers as reference layers (a plain chain; Flatten is the identity)."""
+    out, shape = [], tuple(model.input.shape[1:])
+    for layer in model.layers:
+        w = [np.asarray(v, dtype=np.float64) for v in layer.get_weights()]
+        act = _activation(layer)
+        if isinstance(layer, L.InputLayer | L.Flatten):
+            continue
+        if isinstance(layer, L.ReLU) or (isinstance(layer, L.Activation) and act == "relu"):
+            assert out[-1].activation is None
+            out[-1].activation = "relu"
+            continue
+        if isinstance(layer, L.Dense):
+            new = ref.dense(w[0], w[1] if layer.use_bias else None, act)
+        elif isinstance(layer, L.Conv1D):
+            new = ref.conv1d(w[0], w[1] if layer.use_bias else None, shape,
+                             layer.strides[0], layer.padding, act)
+        elif isinstance(layer, L.SeparableConv2D):
+            new = ref.separable_conv2d(w[0], w[1], w[2] if layer.use_bias else None, shape,
+                                       layer.strides, layer.padding, act)
+        elif isinstance(layer, L.DepthwiseConv2D):
+            new = ref.depthwise_conv2d(w[0], w[1] if layer.use_bias else None, shape,
+                                       layer.strides, layer.padding, act)
+        elif isinstance(layer, L.Conv2D):
+            new = ref.conv2d(w[0], w[1] if layer.use_bias else None, shape,
+                             layer.strides, layer.padding, act)
+        elif isinstance(layer, L.AveragePooling2D):
+            new = ref.average_pooling2d(shape, _pair(layer.pool_size), _pair(layer.strides),
+                                        layer.padding)
+        elif isinstance(layer, L.MaxPooling2D):
+            new = ref.MaxPool2D(shape, _pair(layer.pool_size), _pair(layer.strides),
+                                layer.padding)
+        elif isinstance(layer, L.GlobalAveragePooling2D):
+            new = ref.global_average_pooling2d(shape)
+        else:
+            raise NotImplementedError(type(layer).__name__)
+        out.append(new)
+        shape = tuple(layer.output.shape[1:])
+    return out
+
+
+# Single layers with weights, each followed by Flatten so a target indexes its flat output.
+SINGLE = {
+    "dense": ((5,), lambda: [L.Dense(4)]),
+    "conv1d_valid": ((7, 2), lambda: [L.Conv1D(3, 3), L.Flatten()]),
+    "conv1d_same_s2": ((7, 2), lambda: [L.Conv1D(3, 3, strides=2, padding="same"), L.Flatten()]),
+    "conv2d_valid": ((6, 6, 2), lambda: [L.Conv2D(3, 3), L.Flatten()]),
+    "conv2d_same_s2": ((6, 6, 2), lambda: [L.Conv2D(3, 3, strides=2, padding="same"),
+                                           L.Flatten()]),
+    "conv2d_same_s2_even_kernel": ((6, 6, 2), lambda: [
+        L.Conv2D(2, (2, 4), strides=2, padding="same"), L.Flatten()]),
+    "depthwise_valid": ((6, 6, 2), lambda: [L.DepthwiseConv2D(3, depth_multiplier=2),
+                                            L.Flatten()]),
+    "depthwise_same_s2": ((6, 6, 2), lambda: [
+        L.DepthwiseConv2D(3, strides=2, padding="same"), L.Flatten()]),
+}
+
+# Small chains: relevance reaching inner layers is not one-hot.
+CHAINS = {
+    "mlp": ((5,), lambda: [L.Dense(8, activation="relu"), L.Dense(6, activation="relu"),
+                           L.Dense(4)]),
+    # ReLU after max pooling (the same forward as before it): no ties among zeros, whose
+    # routing the semantics leave open and which WSquare/Flat/ZBox relevance would reach.
+    "cnn_maxpool": ((6, 6, 2), lambda: [
+        L.Conv2D(4, 3, padding="same"), L.MaxPooling2D(2), L.ReLU(), L.Flatten(), L.Dense(3)]),
+    "cnn_avgpool": ((6, 6, 2), lambda: [
+        L.Conv2D(4, 3, padding="same", activation="relu"), L.AveragePooling2D(2),
+        L.Conv2D(3, 2, activation="relu"), L.Flatten(), L.Dense(3)]),
+    "cnn_gap": ((6, 6, 2), lambda: [
+        L.Conv2D(4, 3, activation="relu"), L.GlobalAveragePooling2D(), L.Dense(5),
+        L.Activation("relu"), L.Dense(3)]),
+    "conv1d_chain": ((7, 2), lambda: [
+        L.Conv1D(4, 3, padding="same", activation="relu"), L.Conv1D(3, 3, strides=2),
+        L.ReLU(), L.Flatten(), L.Dense(3)]),
+}
+
+SEPARABLE = {
+    "separable": ((6, 6, 2), lambda: [
+        L.SeparableConv2D(3, 3, strides=2, padding="same", depth_multiplier=2), L.Flatten()]),
+}
+
+MODELS = {**SINGLE, **CHAINS, **SEPARABLE}
+
+
+@functools.cache
+def model_and_reference(name: str, dtype: str = DTYPE) -> tuple[keras.Model, list]:
+    """The named model (same seeded weights in either dtype) and its reference layers."""
+    in_shape, layers = MODELS[name]
+    model = functional(in_shape, layers, dtype=dtype)
+    return model, to_reference(model)
+
+
+@functools.cache
+def inputs(shape: tuple[int, ...], n: int = 4, dtype: str = DTYPE) -> np.ndarray:
+    """Half the samples with mixed signs in [-1, 1], half non-negative in [0, 1]."""
+    rng = np.random.default_rng(SEED + 1)
+    x = rng.uniform(-1.0, 1.0, (n, *shape))
+    x[n // 2 :] = np.abs(x[n // 2 :])
+    return x.astype(dtype)
+
+
+def targets(model: keras.Model, n: int) -> list[int]:
+    rng = np.random.default_rng(SEED + 2)
+    return [int(t) for t in rng.integers(0, model.output.shape[-1], n)]
+
+
+def expected(name: str, x: np.ndarray, target, ref_rules, start: str = "output",
+             dtype: str = DTYPE) -> np.ndarray:
+    _, layers = model_and_reference(name, dtype)
+    want = ref.lrp_chain(layers, x, lambda out: ref.start_relevance(out, target, start),
+                         ref_rules)
+    return want.reshape(x.shape)
+
+
+def check(name: str, rule, ref_rules, target=None, dtype: str = DTYPE, **options) -> None:
+    """Explain the named model with ``rule`` and compare with the reference."""
+    model, _ = model_and_reference(name, dtype)
+    x = inputs(MODELS[name][0], dtype=dtype)
+    target = targets(model, len(x)) if target is None else target
+    got = tf_lrp.Analyzer(model, rule, **options)(x, target=target)
+    want = expected(name, x, target, ref_rules, options.get("start", "output"), dtype)
+    ref.assert_relevance_close(got, want)
+
+
+# ----------------------------------------------------------------------------- the reference itself
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_reference_forward_matches_keras(name):
+    """The reference matrices reproduce Keras' forward pass (validates the reference)."""
+    model, layers = model_and_reference(name)
+    x = inputs(MODELS[name][0])
+    want = np.asarray(model(x, training=False))
+    got = ref.forward_chain(layers, x)[-1]
+    np.testing.assert_allclose(got, want.reshape(len(x), -1), rtol=1e-5, atol=1e-5)
+
+
+# Pairs of rule ids that are equal by definition or differ only by ~1e-6.
+SAME_BY_DEFINITION = {("alpha1beta0", "zplus"), ("epsilon", "zero")}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_avgpool"])
+def test_reference_rules_are_distinguishable(name):
+    """Sanity: any two different rules give relevances far apart compared with the tolerance,
+    so comparing with the wrong rule (or ignoring a parameter) would fail."""
+    _, layers = model_and_reference(name)
+    x = inputs(MODELS[name][0])
+    results = {rid: ref.lrp_chain(layers, x, lambda o: ref.start_relevance(o, 0), r)
+               for rid, (_, r) in RULES.items()}
+    for a in RULES:
+        for b in RULES:
+            if a < b and (a, b) not in SAME_BY_DEFINITION:
+                gap = np.max(np.abs(results[a] - results[b]))
+                assert gap > 1e-3 * np.max(np.abs(results[a])), (a, b)
+
+
+# ----------------------------------------------------------------------------- engine vs reference
+
+
+@pytest.mark.parametrize("rule_id", SINGLE_RULES)
+@pytest.mark.parametrize("name", list(SINGLE))
+def test_single_layer(name, rule_id):
+    rule, ref_rule = make_rule(rule_id, MODELS[name][0])
+    check(name, rule, ref_rule)
+
+
+@pytest.mark.parametrize("rule_id", list(RULES))
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_chain(name, rule_id):
+    rule, ref_rule = make_rule(rule_id, MODELS[name][0])
+    check(name, rule, ref_rule)
+
+
+@pytest.mark.parametrize("rule_id", SINGLE_RULES)
+def test_separable_conv2d(rule_id):
+    """SeparableConv2D (two kernels): rho applies to the depthwise and pointwise kernel
+    separately, i.e. the reference uses rho(D) @ rho(P) (for Flat: the product of the two
+    connection structures)."""
+    rule, ref_rule = make_rule(rule_id, MODELS["separable"][0])
+    check("separable", rule, ref_rule)
+
+
+@pytest.mark.parametrize("name", ["dense", "conv2d_same_s2", "mlp", "cnn_avgpool"])
+def test_start_all(name):
+    """start='all': the relevance at the output is the whole output vector."""
+    check(name, rules.Epsilon(epsilon=0.25), ref.Epsilon(0.25), start="all")
+
+
+@pytest.mark.parametrize("name", ["dense", "mlp"])
+def test_start_logodds(name):
+    """start='logodds' (Analyzer docstring): R_c = z_c, R_k = -q_k z_k with q the softmax over
+    the other logits; with LRP-0 on a bias-free layer the input relevance sums to
+    sum_k q_k (z_c - z_k) = log(p_c / (1 - p_c)) + H(q)."""
+    check(name, rules.Zero(), ref.Zero(), start="logodds")
+    if name == "dense":  # the sum identity, on the bias-free variant of the single Dense layer
+        model = functional((5,), lambda: [L.Dense(4, use_bias=False)])
+        x, target = inputs((5,)), [0, 1, 2, 3]
+        got = tf_lrp.Analyzer(model, rules.Zero(), start="logodds")(x, target=target)
+        z = np.asarray(model(x), dtype=np.float64)
+        c = z[np.arange(len(z)), target]
+        others = np.ma.masked_array(z, np.eye(4, dtype=bool)[target])
+        log_rest = np.log(np.exp(others).sum(axis=1)).data
+        q = (np.exp(others) / np.exp(others).sum(axis=1, keepdims=True)).filled(0.0)
+        entropy = -(q * np.log(np.where(q > 0, q, 1.0))).sum(axis=1)
+        np.testing.assert_allclose(got.sum(axis=1), c - log_rest + entropy, rtol=1e-7)
+
+
+@pytest.mark.parametrize("rule_id", ["epsilon", "gamma", "alpha2beta1", "zbox", "wsquare",
+                                     "flat"])
+@pytest.mark.parametrize("name", ["mlp", "cnn_maxpool"])
+def test_float32_matches_reference(name, rule_id):
+    """The float32 path (what users run) on well-conditioned cases, same tolerance."""
+    rule, ref_rule = make_rule(rule_id, MODELS[name][0])
+    check(name, rule, ref_rule, dtype="float32")
+
+
+def test_layer_map_first_rule():
+    """A composite giving the first layer ZBox (array bounds) and other rules elsewhere."""
+    name = "cnn_avgpool"
+    low, high = box_bounds(MODELS[name][0])
+    composite = composites.LayerMap(
+        [(L.Conv2D, rules.ZPlus()), (L.Dense, rules.Epsilon(epsilon=0.25))],
+        first=rules.ZBox(low=low, high=high))
+    # reference layers: conv, avgpool, conv, dense
+    ref_rules = [ref.ZBox(low, high), None, ref.ZPlus(), ref.Epsilon(0.25)]
+    check(name, composite, ref_rules)
+
+
+def test_target_forms():
+    """int target for every sample, per-sample list, and None (argmax)."""
+    name = "mlp"
+    model, _ = model_and_reference(name)
+    x = inputs((5,))
+    analyzer = tf_lrp.Analyzer(model, rules.Epsilon())
+    out = np.asarray(model(x))
+    for target in (2, [0, 3, 1, 2], None):
+        want = expected(name, x, target, ref.Epsilon())
+        ref.assert_relevance_close(analyzer(x, target=target), want)
+    ref.assert_relevance_close(analyzer(x), expected(name, x, np.argmax(out, 1), ref.Epsilon()))
+
+
+def test_alpha_beta_must_differ_by_one():
+    with pytest.raises(ValueError, match="alpha"):
+        rules.AlphaBeta(alpha=3, beta=1)
+    with pytest.raises(ValueError):
+        rules.AlphaBeta(alpha=1, beta=1)
