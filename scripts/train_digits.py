@@ -77,12 +77,18 @@ def train(model, x: np.ndarray, y: np.ndarray, epochs: int, max_shift: int) -> N
     print(f"  last epoch: loss {history.history['loss'][-1]:.4f}", flush=True)
 
 
-def fit_and_save(name: str, model, pad: int, args: argparse.Namespace) -> None:
+def fit_and_save(name: str, build, pad: int, args: argparse.Namespace):
+    """Seed, build, train, evaluate and save one model; return it.
+
+    Seeding right before building makes each model's initial weights depend on ``SEED`` only,
+    not on which other models the script built before it.
+    """
     from tf_lrp.datasets import load_digits
 
     x_train, y_train = load_digits(split="train", pad=pad)
     x_test, y_test = load_digits(split="test", pad=pad)
     _training.set_seeds(SEED)
+    model = build()
     with _training.timed(f"{name} training"):
         train(model, x_train, y_train, args.epochs, args.max_shift)
     acc = _training.accuracy(model, x_test, y_test)
@@ -91,6 +97,7 @@ def fit_and_save(name: str, model, pad: int, args: argparse.Namespace) -> None:
     _training.report(name, path, acc, len(y_test), size)
     if acc < MIN_ACCURACY:
         raise SystemExit(f"{name}: accuracy {acc:.4f} is below {MIN_ACCURACY}")
+    return model
 
 
 def write_examples(models: dict, examples_dir: Path) -> None:
@@ -122,10 +129,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from tf_lrp.datasets import LENET_PAD
 
-    _training.set_seeds(SEED)
-    models = {"digits_mlp": build_mlp(), "digits_lenet": build_lenet()}
-    fit_and_save("digits_mlp", models["digits_mlp"], 0, args)
-    fit_and_save("digits_lenet", models["digits_lenet"], LENET_PAD, args)
+    models = {
+        "digits_mlp": fit_and_save("digits_mlp", build_mlp, 0, args),
+        "digits_lenet": fit_and_save("digits_lenet", build_lenet, LENET_PAD, args),
+    }
     write_examples(models, args.examples_dir)
 
 

@@ -51,13 +51,22 @@ def test_digits_padding_frames_the_28x28_digits():
 
 
 def test_digits_other_size_is_upsampled_from_the_same_digits():
-    x16, y16 = load_digits(size=16)
+    x56, y56 = load_digits(size=56)
     x28, y28 = load_digits()
-    assert x16.shape == (450, 16, 16, 1)
-    np.testing.assert_array_equal(y16, y28)
-    # Block means of the 28x28 image and the 16x16 image of the same digit agree coarsely.
+    assert x56.shape == (450, 56, 56, 1)
+    np.testing.assert_array_equal(y56, y28)
+    # Block means of the 28x28 image and the 56x56 image of the same digit agree coarsely.
     coarse = lambda x, k: x[..., 0].reshape(len(x), 4, k, 4, k).mean(axis=(2, 4))  # noqa: E731
-    assert np.abs(coarse(x16, 4) - coarse(x28, 7)).mean() < 0.05
+    assert np.abs(coarse(x56, 14) - coarse(x28, 7)).mean() < 0.05
+
+
+def test_digits_have_an_mnist_style_margin():
+    """As in MNIST, the digit fills the central 20x20 of the 28x28 image."""
+    x, _ = load_digits(split="all")
+    margin = np.ones((28, 28), bool)
+    margin[4:24, 4:24] = False
+    assert np.all(x[:, margin, 0] == -1.0)
+    assert np.all(x[:, 4:24, 4:24, 0].max(axis=(1, 2)) > 0.5)
 
 
 def test_digits_split_disjoint_stratified_and_stable():

@@ -5,8 +5,8 @@ the shapes are generated from a seed.
 
 Digits
     :func:`load_digits` returns scikit-learn's 1797 handwritten digits (8x8, values
-    0..16) upsampled with Pillow's bicubic filter to ``size`` x ``size``, scaled to
-    [-1, 1] with background -1, optionally padded with background. A fixed stratified
+    0..16) drawn MNIST-style: upsampled with Pillow's bicubic filter to 20x20, centred in a
+    28x28 image, scaled to [-1, 1] with background -1, optionally padded with background. A fixed stratified
     75/25 split (:data:`DIGITS_TEST_FRACTION`, ``seed=0``) defines "train" and "test"
     for every script, test and model card in this project.
 
@@ -42,6 +42,8 @@ __all__ = [
 DIGITS_TEST_FRACTION = 0.25
 #: Background pixels added on each side of 28x28 digits to make the 32x32 LeNet input.
 LENET_PAD = 2
+#: Fraction of the image side the digit fills (MNIST: a 20x20 digit in a 28x28 image).
+DIGIT_FRACTION = 20 / 28
 #: Class names of :func:`make_shapes`; the label is the index into this tuple.
 SHAPES_CLASSES = ("circle", "square", "triangle", "cross")
 #: Seed of the shapes the shipped ``shapes_resnet.keras`` was trained on.
@@ -76,14 +78,20 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _upsampled_digits(size: int) -> np.ndarray:
-    """All digits resized to ``size`` x ``size`` and scaled to [-1, 1] (read-only, cached)."""
+    """All digits drawn MNIST-style in ``size`` x ``size`` images in [-1, 1] (read-only, cached).
+
+    As in MNIST, the digit is size-normalised to the central ``DIGIT_FRACTION`` of the image
+    (20 of 28 pixels) and centred, so it has a background margin around it.
+    """
     from PIL import Image
 
     images, _ = _raw_digits()
-    out = np.empty((len(images), size, size), dtype=np.float32)
+    inner = max(1, round(size * DIGIT_FRACTION))
+    lo = (size - inner) // 2
+    out = np.zeros((len(images), size, size), dtype=np.float32)
     for i, image in enumerate(images):
-        resized = Image.fromarray(image, mode="F").resize((size, size), Image.Resampling.BICUBIC)
-        out[i] = np.asarray(resized, dtype=np.float32)
+        resized = Image.fromarray(image, mode="F").resize((inner, inner), Image.Resampling.BICUBIC)
+        out[i, lo:lo + inner, lo:lo + inner] = np.asarray(resized, dtype=np.float32)
     # Bicubic interpolation overshoots a little: clip back to the source range 0..16.
     np.clip(out, 0.0, 16.0, out=out)
     out = out / 8.0 - 1.0
@@ -131,16 +139,20 @@ def load_digits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Handwritten digits from scikit-learn, upsampled, in [-1, 1].
 
-    The 8x8 images (ink 0..16) are resized to ``size`` x ``size`` with Pillow's bicubic
-    filter, clipped to 0..16 (bicubic overshoots) and mapped linearly to [-1, 1]
-    (background -1, full ink +1). ``pad`` pixels of background are then added on each
-    side. The tutorial's inputs are ``load_digits()`` (28x28, MLP) and
-    ``load_digits(pad=LENET_PAD)`` (28x28 digits in a 32x32 frame, LeNet-5).
+    Drawn the way MNIST is: each 8x8 image (ink 0..16) is resized with Pillow's bicubic
+    filter to the central 20/28 of a ``size`` x ``size`` image (20x20 in 28x28) and centred,
+    clipped to 0..16 (bicubic overshoots) and mapped linearly to [-1, 1] (background -1,
+    full ink +1). ``pad`` pixels of background are then added on each side. The tutorial's
+    inputs are ``load_digits()`` (28x28, MLP) and ``load_digits(pad=LENET_PAD)`` (the 28x28
+    images in a 32x32 frame, LeNet-5).
+
+    The margin matters for explanations: without it the digit fills the frame and there is
+    no background whose relevance can be told apart from the strokes'.
 
     Parameters
     ----------
     size : int, default 28
-        Side of the upsampled digit, >= 8.
+        Side of the MNIST-style image (the digit fills its central 20/28), >= 8.
     split : {"test", "train", "all"}, default "test"
         Which part of the fixed stratified 75/25 split to return ("all": all 1797
         digits in scikit-learn's order).
