@@ -1,12 +1,14 @@
 """Packaging for tf_lrp: Layer-wise Relevance Propagation for Keras 3 on TensorFlow."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="tf_lrp",
     version="0.1.0",
     description="Layer-wise Relevance Propagation (LRP) for Keras 3 models on TensorFlow",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tf_lrp", "tf_lrp.*"]),
     python_requires=">=3.10",
