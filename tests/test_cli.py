@@ -1,0 +1,381 @@
+"""Tests of the ``tf-lrp`` command line (tf_lrp.cli), run in-process through ``cli.main``.
+
+One subprocess run (``python -m tf_lrp``) proves the entry point; everything else calls
+``main([...])`` and reads the files it writes. The digits MLP takes 28x28x1 inputs in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from tf_lrp import Analyzer, cli, load_model, visualize
+from tf_lrp.datasets import load_digits
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP = ROOT / "saved_models" / "digits_mlp.h5"
+DIGITS = ROOT / "examples" / "digits"
+PNGS = sorted(DIGITS.glob("*.png"))
+SAMPLE_SHAPE = (28, 28, 1)
+# 28x28 images, auto zoom 128 // 28 = 4, heatmap and overlay side by side, 2 px padding
+PNG_SIZE = (2 * 28 * 4 + 3 * 2, 28 * 4 + 2 * 2)  # PIL (width, height)
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_summary(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        assert tuple(reader.fieldnames) == cli.SUMMARY_COLUMNS
+        return list(reader)
+
+
+def assert_rows_match(rows, expected) -> None:
+    """Same inputs and classes; numbers equal up to float32 batch-composition noise."""
+    assert [r["input"] for r in rows] == [r["input"] for r in expected]
+    for row, ref in zip(rows, expected):
+        assert row["predicted_class"] == ref["predicted_class"]
+        assert row["explained_class"] == ref["explained_class"]
+        for column in ("logit", "relevance_sum"):
+            assert float(row[column]) == pytest.approx(float(ref[column]), rel=1e-5, abs=1e-6)
+
+
+def outputs(out: Path) -> dict[str, int]:
+    """mtime (ns) of every .png/.npy in ``out``, by file name."""
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix in (".png", ".npy")}
+
+
+def png_as_input(path: Path) -> np.ndarray:
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)[..., None]
+    return pixels / 127.5 - 1.0
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return load_model(MLP)
+
+
+@pytest.fixture(scope="module")
+def analyzer(mlp):
+    with pytest.warns(UserWarning, match="softmax"):
+        return Analyzer(mlp, "epsilon_plus")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return load_digits(split="test")[0][:3]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, batch):
+    folder = tmp_path_factory.mktemp("inputs")
+    np.save(folder / "batch.npy", batch)
+    np.save(folder / "single.npy", batch[0])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, inputs):
+    """One explain run: the example PNGs (a directory), a batch .npy and a single-sample .npy."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    code = cli.main(["explain", str(MLP), str(DIGITS), str(inputs / "batch.npy"),
+                     str(inputs / "single.npy"), "--out", str(out), "--batch-size", "4", "-q"])
+    return code, out
+
+
+EXPECTED_NAMES = [p.stem for p in PNGS] + ["batch_0", "batch_1", "batch_2", "single"]
+
+
+def test_explain_writes_one_png_and_npy_per_sample(digits_run):
+    code, out = digits_run
+    assert code == 0
+    files = sorted(p.name for p in out.iterdir())
+    expected = sorted([f"{n}.png" for n in EXPECTED_NAMES] + [f"{n}.npy" for n in EXPECTED_NAMES]
+                      + ["summary.csv"])
+    assert files == expected  # and no temporary files left behind
+    for name in EXPECTED_NAMES:
+        with Image.open(out / f"{name}.png") as image:
+            assert image.size == PNG_SIZE and image.mode == "RGB"
+        relevance = np.load(out / f"{name}.npy")
+        assert relevance.shape == SAMPLE_SHAPE and relevance.dtype == np.float32
+
+
+def test_relevance_equals_the_analyzer(digits_run, analyzer, batch):
+    _, out = digits_run
+    saved = np.stack([np.load(out / f"batch_{i}.npy") for i in range(3)])
+    np.testing.assert_allclose(saved, analyzer(batch), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.load(out / "single.npy"), saved[0])
+    # images: grayscale, 28x28 already, 0..255 -> [-1, 1] (the default --scale)
+    x = np.stack([png_as_input(p) for p in PNGS])
+    saved = np.stack([np.load(out / f"{p.stem}.npy") for p in PNGS])
+    np.testing.assert_allclose(saved, analyzer(x), rtol=1e-5, atol=1e-6)
+
+
+def test_png_shows_heatmap_and_overlay(digits_run, inputs, batch):
+    _, out = digits_run
+    relevance = np.load(out / "batch_1.npy")
+    heat = visualize.heatmap(relevance[None])[0].repeat(4, axis=0).repeat(4, axis=1)
+    picture = np.asarray(Image.open(out / "batch_1.png"))
+    np.testing.assert_array_equal(picture[2:114, 2:114], heat)
+    assert not np.array_equal(picture[2:114, 116:228], heat)  # the overlay differs
+    assert (picture[:2] == 255).all() and (picture[:, 114:116] == 255).all()  # white padding
+
+
+def test_summary_rows(digits_run, analyzer, batch):
+    _, out = digits_run
+    rows = read_summary(out)
+    assert [r["input"] for r in rows] == EXPECTED_NAMES
+    for row in rows:
+        total = np.load(out / f"{row['input']}.npy").sum(dtype=np.float64)
+        assert float(row["relevance_sum"]) == pytest.approx(total, rel=1e-12, abs=1e-12)
+        assert row["explained_class"] == row["predicted_class"]
+    for row, png in zip(rows, PNGS):  # the example digits are classified correctly
+        assert row["predicted_class"] == png.stem.split("label")[1]
+    logits = analyzer.predict(batch)
+    by_name = {r["input"]: r for r in rows}
+    for i in range(3):
+        row = by_name[f"batch_{i}"]
+        assert int(row["predicted_class"]) == int(np.argmax(logits[i]))
+        assert float(row["logit"]) == pytest.approx(float(logits[i].max()), rel=1e-5)
+
+
+def test_resume_skips_finished_samples(digits_run, tmp_path, capsys, inputs):
+    _, done = digits_run
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    before, rows_before = outputs(out), read_summary(out)
+    half_done = PNGS[2].stem
+    (out / f"{half_done}.png").unlink()  # its .npy alone does not count as done
+    code, stdout, _ = run(capsys, "explain", MLP, DIGITS, inputs / "batch.npy",
+                          inputs / "single.npy", "--out", out, "--resume")
+    assert code == 0 and "1 explained, 9 already done, 0 skipped" in stdout
+    after = outputs(out)
+    assert {n for n in before if before[n] != after.get(n)} == {f"{half_done}.png",
+                                                                f"{half_done}.npy"}
+    assert_rows_match(read_summary(out), rows_before)
+    rows_before = read_summary(out)
+    # a second resume run over part of the inputs touches nothing and keeps every row
+    before = after
+    code, stdout, err = run(capsys, "explain", MLP, DIGITS, "--out", out, "--resume")
+    assert code == 0 and "0 explained, 6 already done" in stdout and "skipped:" not in err
+    assert outputs(out) == before
+    assert read_summary(out) == rows_before
+
+
+def test_resume_rebuilds_lost_summary_rows(digits_run, tmp_path, capsys, inputs):
+    _, done = digits_run
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    rows, before = read_summary(out), outputs(out)
+    (out / "summary.csv").unlink()  # e.g. a run killed before it wrote the CSV
+    code, stdout, _ = run(capsys, "explain", MLP, DIGITS, inputs / "batch.npy",
+                          inputs / "single.npy", "--out", out, "--resume", "--batch-size", "5")
+    assert code == 0 and "0 explained" in stdout
+    assert outputs(out) == before
+    rebuilt = read_summary(out)
+    assert_rows_match(rebuilt, rows)
+    # the relevance sums come from the existing .npy files: exactly the same text
+    assert [r["relevance_sum"] for r in rebuilt] == [r["relevance_sum"] for r in rows]
+
+
+def test_interrupted_run_leaves_complete_files(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    real_save_png, calls = visualize.save_png, []
+
+    def save_png_then_interrupt(path, image):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_save_png(path, image)
+
+    monkeypatch.setattr(visualize, "save_png", save_png_then_interrupt)
+    code, _, err = run(capsys, "explain", MLP, DIGITS, "--out", out, "--batch-size", "2")
+    assert code == cli.EXIT_INTERRUPTED and "--resume" in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
+    assert [r["input"] for r in read_summary(out)] == [p.stem for p in PNGS[:2]]
+    monkeypatch.undo()
+    code, stdout, _ = run(capsys, "explain", MLP, DIGITS, "--out", out, "--resume")
+    assert code == 0 and "4 explained, 2 already done" in stdout
+    assert [r["input"] for r in read_summary(out)] == [p.stem for p in PNGS]
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.npy"
+
+    def write_half(stream):
+        stream.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cli._atomic_write(target, write_half)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs_are_reported_and_skipped(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(PNGS[0], folder / "good.png")
+    (folder / "corrupt.png").write_bytes(PNGS[1].read_bytes()[:60])
+    np.save(folder / "wrong.npy", np.zeros((5, 5), np.float32))
+    nan = np.zeros((2, *SAMPLE_SHAPE), np.float32)
+    nan[1, 3, 3, 0] = np.nan
+    np.save(folder / "nan.npy", nan)
+    (folder / "notes.txt").write_text("not an image")  # ignored inside a directory...
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "explain", MLP, folder, folder / "notes.txt",  # ...not if named
+                       "--out", out, "-q")
+    assert code == 1
+    reported = [line for line in err.splitlines() if "skipped" in line]
+    assert len(reported) == 4, err
+    assert any("corrupt.png" in line and "cannot be read as an image" in line for line in reported)
+    assert any("wrong.npy" in line and "(5, 5)" in line and "(28, 28, 1)" in line
+               for line in reported)
+    assert any("nan.npy[1]" in line and "NaN" in line for line in reported)
+    assert any("notes.txt" in line and "image" in line for line in reported)
+    assert "Traceback" not in err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["good.npy", "good.png", "nan_0.npy", "nan_0.png", "summary.csv"]
+    assert [r["input"] for r in read_summary(out)] == ["good", "nan_0"]
+
+
+def test_duplicate_output_names_are_skipped(tmp_path, capsys, batch):
+    np.save(tmp_path / "test000_label1.npy", batch[0])
+    code, _, err = run(capsys, "explain", MLP, PNGS[0], tmp_path / "test000_label1.npy",
+                       "--out", tmp_path / "out", "-q")
+    assert code == 1 and "is taken by" in err
+    assert (tmp_path / "out" / "test000_label1.npy").exists()
+
+
+def test_target_start_and_scale_options(tmp_path, capsys, mlp, inputs):
+    out = tmp_path / "out"
+    code, _, _ = run(capsys, "explain", MLP, inputs / "single.npy", PNGS[0], "--out", out,
+                     "--target", "3", "--start", "logodds", "--scale", "0_1", "-q")
+    assert code == 0
+    with pytest.warns(UserWarning, match="softmax"):
+        reference = Analyzer(mlp, start="logodds")
+    x = np.stack([np.load(inputs / "single.npy"), png_as_input(PNGS[0]) * 0.5 + 0.5])
+    expected = reference(x, target=3)
+    np.testing.assert_allclose(np.load(out / "single.npy"), expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / f"{PNGS[0].stem}.npy"), expected[1],
+                               rtol=1e-5, atol=1e-6)
+    assert {r["explained_class"] for r in read_summary(out)} == {"3"}
+
+
+def test_any_image_size_and_flat_inputs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    images = keras.Input((None, None, 3))
+    hidden = keras.layers.Conv2D(4, 3, activation="relu")(images)
+    logits = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(hidden))
+    keras.Model(images, logits).save(tmp_path / "fcn.keras")
+    vectors = keras.Input((12,))
+    logits = keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(vectors))
+    keras.Model(vectors, logits).save(tmp_path / "flat.keras")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "b.jpg")
+    np.save(tmp_path / "v.npy", rng.normal(size=(2, 12)).astype(np.float32))
+
+    # any input size: each image keeps its own (RGB from grayscale), one batch per size
+    code, _, _ = run(capsys, "explain", tmp_path / "fcn.keras", tmp_path / "a.png",
+                     tmp_path / "b.jpg", "--out", tmp_path / "o1", "--start", "all", "-q")
+    assert code == 0
+    assert np.load(tmp_path / "o1" / "a.npy").shape == (20, 30, 3)
+    assert np.load(tmp_path / "o1" / "b.npy").shape == (16, 16, 3)
+    assert Image.open(tmp_path / "o1" / "a.png").size == (2 * 30 * 4 + 6, 20 * 4 + 4)
+    assert Image.open(tmp_path / "o1" / "b.png").size == (2 * 16 * 8 + 6, 16 * 8 + 4)
+    assert {r["explained_class"] for r in read_summary(tmp_path / "o1")} == {"all"}
+
+    # flat inputs: drawn as a strip; an image cannot feed such a model and is skipped
+    code, _, err = run(capsys, "explain", tmp_path / "flat.keras", tmp_path / "v.npy",
+                       tmp_path / "a.png", "--out", tmp_path / "o2", "-q")
+    assert code == 1 and "a.png" in err and "pass the input as a .npy array" in err
+    assert np.load(tmp_path / "o2" / "v_1.npy").shape == (12,)
+    assert Image.open(tmp_path / "o2" / "v_1.png").size == (12 * 10, 2 * 10)
+    assert [r["input"] for r in read_summary(tmp_path / "o2")] == ["v_0", "v_1"]
+
+
+def test_info_lists_nodes_and_rules(capsys):
+    code, out, err = run(capsys, "info", MLP, "--composite", "epsilon_gamma_box",
+                         "--scale", "0_1", "--param", "gamma=0.5", "--param", "epsilon=0.1")
+    assert code == 0
+    assert "(28, 28, 1)" in out and "10 output values" in out
+    assert "softmax is stripped" in out and err.count("softmax") == 1  # one short note
+    table = {line.split()[0]: line.split(None, 2)[1:] for line in out.splitlines()[5:] if line}
+    assert table["flatten"] == ["Flatten", "Route()"]
+    assert table["dense1"] == ["Dense", "ZBox(low=0.0, high=1.0)"]  # bounds from --scale
+    assert table["dense2"] == ["Dense", "Epsilon(epsilon=0.1, bias=True)"]
+    assert table["dense1/activation"] == ["activation", "Pass()"]
+
+
+def test_info_flags_unsupported_layers(tmp_path, capsys):
+    inputs = keras.Input((4,))
+    hidden = keras.layers.LayerNormalization(name="my_norm")(keras.layers.Dense(3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    model.save(tmp_path / "norm.keras")
+    code, out, err = run(capsys, "info", tmp_path / "norm.keras")
+    assert code == 2
+    assert "my_norm" in err and "LayerNormalization" in err and "Traceback" not in err
+
+
+def test_composites_lists_names_and_parameters(capsys):
+    from tf_lrp import composites
+
+    code, out, _ = run(capsys, "composites")
+    assert code == 0
+    for name in composites.names():
+        assert f"  {name} " in out
+    assert "EpsilonGammaBox(low=-1.0, high=1.0, epsilon: float = 0.25" in out
+    assert "z_box" in out and "ZBox(low=-1.0, high=1.0)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["explain", "no/such/model.h5", str(PNGS[0]), "--out", "unused"], "No such model file"),
+        (["info", str(MLP), "--composite", "nope"], "unknown composite or rule 'nope'"),
+        (["info", str(MLP), "--param", "gamma=0.5"], "bad --param for 'epsilon_plus'"),
+        (["explain", str(MLP), str(PNGS[0]), "--out", "unused", "--target", "10"],
+         "out of range"),
+        (["explain", str(MLP), str(PNGS[0]), "--out", "unused", "--param", "gamma=high"],
+         "must be a number"),
+        (["explain", str(MLP), str(PNGS[0])], "--out"),
+    ],
+)
+def test_errors_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "unused").exists()
+
+
+def test_help_has_examples(capsys):
+    code, out, _ = run(capsys, "explain", "--help")
+    assert code == 0 and "examples:" in out and "--resume" in out and "minus1_1" in out
+
+
+def test_entry_point(tmp_path):
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("tf-lrp") == "tf_lrp.cli:main"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_lrp", "explain", str(MLP), str(PNGS[0]),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 explained" in result.stdout
+    assert "note: the model ends in a softmax" in result.stderr
+    assert (tmp_path / "out" / f"{PNGS[0].stem}.png").exists()
