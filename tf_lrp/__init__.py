@@ -4,14 +4,25 @@
 >>> from tf_lrp import composites
 >>> analyzer = tf_lrp.Analyzer(model, composites.EpsilonGammaBox(low=-1.0, high=1.0))
 >>> relevance = analyzer(x)              # same shape as x
+
+Submodules and names are imported on first use, so ``import tf_lrp`` (and ``tf-lrp --help``)
+does not pay for importing TensorFlow until something needs it.
 """
 
-from tf_lrp import analyzers, canonizers, composites, layers, rules
-from tf_lrp.analyzer import Analyzer
+from __future__ import annotations
+
+import importlib
+
 from tf_lrp.errors import InputError, LRPError, ModelLoadError, UnsupportedLayerError
-from tf_lrp.io import load_model
 
 __version__ = "0.1.0"
+
+_SUBMODULES = {
+    "analyzer", "analyzers", "baselines", "callbacks", "canonizers", "cli", "composites",
+    "datasets", "evaluate", "graph", "io", "keras_adapter", "layers", "rules", "summary",
+    "visualize",
+}
+_NAMES = {"Analyzer": "tf_lrp.analyzer", "load_model": "tf_lrp.io"}
 
 __all__ = [
     "Analyzer",
@@ -26,3 +37,18 @@ __all__ = [
     "load_model",
     "rules",
 ]
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"tf_lrp.{name}")
+    else:
+        raise AttributeError(f"module 'tf_lrp' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES | set(_NAMES))

@@ -133,8 +133,10 @@ def get(name: str, **kwargs) -> Composite:
 
 def describe() -> list[tuple[str, str]]:
     """``(name, signature)`` of every registered composite and rule (for ``tf-lrp composites``)."""
-    out = [(n, f"{_REGISTRY[n].__name__}{inspect.signature(_REGISTRY[n])}") for n in names()]
-    out += [(n, f"rules.{c.__name__}{inspect.signature(c)}") for n, c in sorted(rules.RULES.items())]
+    out = [(n, f"{_REGISTRY[n].__name__}{inspect.signature(_REGISTRY[n], eval_str=True)}")
+           for n in names()]
+    out += [(n, f"rules.{c.__name__}{inspect.signature(c, eval_str=True)}")
+            for n, c in sorted(rules.RULES.items())]
     return out
 
 
