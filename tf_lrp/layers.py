@@ -94,15 +94,21 @@ def _bias_getter(layer) -> Callable[[], Tensor | None]:
     return bias
 
 
-def _dense(layer: kl.Dense) -> Linear:
+def _kernel_layer(layer, apply, scale_output=_scale_last, kernels=("kernel",)) -> Linear:
+    """The :class:`Linear` of a Keras layer whose kernels are attributes named ``kernels``."""
     return Linear(
         layer=layer,
-        kernels=lambda: [tf.convert_to_tensor(layer.kernel)],
+        kernels=lambda: [tf.convert_to_tensor(getattr(layer, name)) for name in kernels],
         bias=_bias_getter(layer),
-        apply=lambda x, k: ops.matmul(x, k[0]),
-        scale_output=_scale_last,
+        apply=apply,
+        scale_output=scale_output,
+        channel_axis=_channel_axis(layer),
         activation=_activation(layer),
     )
+
+
+def _dense(layer: kl.Dense) -> Linear:
+    return _kernel_layer(layer, lambda x, k: ops.matmul(x, k[0]))
 
 
 def _conv(layer) -> Linear:
@@ -126,15 +132,7 @@ def _conv(layer) -> Linear:
             data_format=layer.data_format,
         )
 
-    return Linear(
-        layer=layer,
-        kernels=lambda: [tf.convert_to_tensor(layer.kernel)],
-        bias=_bias_getter(layer),
-        apply=apply,
-        scale_output=_scale_last,
-        channel_axis=_channel_axis(layer),
-        activation=_activation(layer),
-    )
+    return _kernel_layer(layer, apply)
 
 
 def _conv_transpose(layer) -> Linear:
@@ -152,15 +150,7 @@ def _conv_transpose(layer) -> Linear:
     def scale_output(kernels, s):  # kernel layout (..., out_channels, in_channels)
         return [kernels[0] * s[:, None]]
 
-    return Linear(
-        layer=layer,
-        kernels=lambda: [tf.convert_to_tensor(layer.kernel)],
-        bias=_bias_getter(layer),
-        apply=apply,
-        scale_output=scale_output,
-        channel_axis=_channel_axis(layer),
-        activation=_activation(layer),
-    )
+    return _kernel_layer(layer, apply, scale_output)
 
 
 def _depthwise(layer) -> Linear:
@@ -178,15 +168,7 @@ def _depthwise(layer) -> Linear:
         k = kernels[0]
         return [k * tf.reshape(s, k.shape[-2:])]
 
-    return Linear(
-        layer=layer,
-        kernels=lambda: [tf.convert_to_tensor(layer.kernel)],
-        bias=_bias_getter(layer),
-        apply=apply,
-        scale_output=scale_output,
-        channel_axis=_channel_axis(layer),
-        activation=_activation(layer),
-    )
+    return _kernel_layer(layer, apply, scale_output)
 
 
 def _separable(layer) -> Linear:
@@ -201,18 +183,7 @@ def _separable(layer) -> Linear:
             data_format=layer.data_format,
         )
 
-    return Linear(
-        layer=layer,
-        kernels=lambda: [
-            tf.convert_to_tensor(layer.depthwise_kernel),
-            tf.convert_to_tensor(layer.pointwise_kernel),
-        ],
-        bias=_bias_getter(layer),
-        apply=apply,
-        scale_output=_scale_last,
-        channel_axis=_channel_axis(layer),
-        activation=_activation(layer),
-    )
+    return _kernel_layer(layer, apply, kernels=("depthwise_kernel", "pointwise_kernel"))
 
 
 def batchnorm_affine(layer: kl.BatchNormalization) -> tuple[Tensor, Tensor]:
