@@ -1,7 +1,8 @@
 """All attribution methods behind one call signature: ``method(model)(x, target=None)``.
 
 LRP itself is :class:`tf_lrp.Analyzer` (re-exported here); the baselines explain the same
-output (the logits: a final softmax is stripped) with gradients of it.
+output (the logits: a final softmax is stripped) with gradients of it. ``SmoothGrad``,
+``IntegratedGradients`` and ``Random`` live in :mod:`tf_lrp.baselines` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import tensorflow as tf
 from tf_lrp.analyzer import Analyzer, BaseAnalyzer
 
 __all__ = ["Analyzer", "BaseAnalyzer", "Gradient", "GradientXInput", "Sensitivity"]
+
+
+def __getattr__(name: str):
+    # tf_lrp.baselines builds on Gradient from this module: import it on first use
+    if name in ("IntegratedGradients", "Random", "SmoothGrad"):
+        from tf_lrp import baselines
+
+        return getattr(baselines, name)
+    raise AttributeError(f"module 'tf_lrp.analyzers' has no attribute {name!r}")
 
 
 class Gradient(BaseAnalyzer):

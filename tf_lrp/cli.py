@@ -167,7 +167,7 @@ def _param(text: str) -> tuple[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tf-lrp`` argument parser (sub-commands ``explain``, ``composites``, ``info``)."""
+    """The ``tf-lrp`` argument parser (``explain``, ``composites``, ``info``, ``evaluate``)."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="tf-lrp", formatter_class=fmt,
@@ -239,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the registered composites and rules with their parameters.",
     )
     composites.set_defaults(handler=_cmd_composites, quiet=False)
+
+    from tf_lrp import evaluate as evaluation  # numpy only at import time
+
+    evaluate = sub.add_parser(
+        "evaluate", formatter_class=fmt,
+        help="score attribution methods: pixel flipping, localisation, sanity check, conservation",
+        description="Evaluate attribution methods on a model and print a method x metric table: "
+                    "pixel flipping (AOPC), localisation (shapes), cascading randomisation and "
+                    "conservation; the pixel-flipping curves are saved as a PNG.",
+        epilog="example:\n  tf-lrp evaluate saved_models/shapes_resnet.keras --data shapes "
+               "--methods epsilon_plus,gradient -n 200",
+    )
+    evaluation.add_cli_arguments(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
     return parser
 
 
@@ -415,6 +429,13 @@ def _cmd_composites(args) -> int:
 
 def _shape_text(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _cmd_evaluate(args) -> int:
+    _engine()
+    from tf_lrp import evaluate
+
+    return evaluate.run_cli(args)
 
 
 def _cmd_info(args) -> int:
