@@ -301,6 +301,7 @@ def test_relevance_filter_keeps_top_fraction():
     z1 = x @ W1
     r_in = x * ((expected / (z1 + 1e-6 * np.where(z1 >= 0, 1, -1))) @ W1.T)
     np.testing.assert_allclose(lw["input"], r_in, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(filt(x, target=1), r_in, rtol=1e-4, atol=1e-6)  # traced path
     assert not np.allclose(full(x, target=1), lw["input"])
     with pytest.raises(ValueError, match="relevance_filter"):
         tf_lrp.Analyzer(model, rules.Epsilon(), relevance_filter=1.5)

@@ -35,10 +35,10 @@ def cnn():
     """Small bias-free ReLU CNN on 8x8x2 inputs (random weights)."""
     keras.utils.set_random_seed(3)
     inp = keras.Input((8, 8, 2))
-    h = kl.Conv2D(6, 3, activation="relu", use_bias=False)(inp)
+    h = kl.Conv2D(6, 3, activation="relu", use_bias=False, name="conv2d")(inp)
     h = kl.Conv2D(6, 3, activation="relu", use_bias=False, name="conv_b")(h)
     h = kl.Flatten()(h)
-    h = kl.Dense(10, activation="relu", use_bias=False)(h)
+    h = kl.Dense(10, activation="relu", use_bias=False, name="dense")(h)
     return keras.Model(inp, kl.Dense(3, use_bias=False, name="top")(h))
 
 

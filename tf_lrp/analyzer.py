@@ -5,10 +5,12 @@ input and target validation, batching, one ``tf.function`` per analyzer with an 
 whose batch axis is ``None`` (one trace per input shape; targets are a tensor, so a new target
 never retraces), and the forward pass over the node list.
 
-:class:`Analyzer` is LRP: the forward pass is recorded on one persistent ``tf.GradientTape``, then
-relevance flows from the explained output back to the input, node by node in reverse
-topological order, each node's rule (chosen by a composite) mapping the relevance at its outputs
-to relevance at its inputs. Relevance reaching a tensor read by several nodes is summed.
+:class:`Analyzer` is LRP: one forward pass keeps every tensor's value, then relevance flows from
+the explained output back to the input, node by node in reverse topological order, each node's
+rule (chosen by a composite) mapping the relevance at its outputs to relevance at its inputs.
+Relevance reaching a tensor read by several nodes is summed. Each rule's vector-Jacobian
+products come from a small local ``tf.GradientTape`` over that node alone, and its work waits
+(control dependencies) for the relevance it maps.
 """
 
 from __future__ import annotations
@@ -114,30 +116,23 @@ class BaseAnalyzer:
         return nonneg
 
     # ---------------------------------------------------------------- traced parts
-    def _forward(self, xs: Sequence[Tensor]) -> tuple[dict[int, Tensor], dict[str, tuple]]:
-        """Run the canonized graph.
+    def _forward(self, xs: Sequence[Tensor]) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
+        """Run the canonized graph; return the tensor values and each linear node's ``z0``.
 
-        Returns the tensor values and, per node, the extras rules need: for a linear node
-        ``(kernels, bias, z0)``; for a node with several inputs, the ``tf.identity`` copies it
-        was fed, so that its vector-Jacobian product on the tape holds only the direct partial
-        derivatives (an input may itself depend on another input, as in a residual ``Add``).
+        ``z0`` is a linear node's pre-activation without bias (rules without bias reuse it).
         """
         values = dict(zip(self.graph.inputs, xs))
-        extras: dict[str, tuple] = {}
+        z0s: dict[str, Tensor] = {}
         for node in self.graph.nodes:
             ins = [values[k] for k in node.inputs]
-            if len(ins) > 1:
-                ins = [tf.identity(v) for v in ins]
-                extras[node.name] = (ins,)
             if node.linear is not None:
-                kernels, bias = node.linear.kernels(), node.linear.bias()
-                z0 = node.linear.apply(ins[0], kernels)
-                outs = [node.linear.add_bias(z0, bias)]
-                extras[node.name] = (kernels, bias, z0)
+                z0 = node.linear.apply(ins[0], node.linear.kernels())
+                outs = [node.linear.add_bias(z0, node.linear.bias())]
+                z0s[node.name] = z0
             else:
                 outs = node.call(ins)
             values.update(zip(node.outputs, outs))
-        return values, extras
+        return values, z0s
 
     def _output(self, values: dict[int, Tensor]) -> Tensor:
         y = values[self._output_key]
@@ -195,10 +190,11 @@ class BaseAnalyzer:
         return t.astype(np.int32)
 
     def _batches(self, xs: list[np.ndarray]):
+        """``(offset, tensors)`` steps of at most ``batch_size`` samples."""
         n = xs[0].shape[0]
         step = self.batch_size or n
         for lo in range(0, n, step):
-            yield lo, [a[lo:lo + step] for a in xs]
+            yield lo, [tf.convert_to_tensor(a[lo:lo + step]) for a in xs]
 
     def predict(self, x) -> np.ndarray:
         """The explained output (logits: a final softmax is stripped) as ``(batch, outputs)``."""
@@ -225,7 +221,7 @@ class BaseAnalyzer:
         """
         xs = self._prepare(x)
         t = self._targets(target, xs[0].shape[0])
-        parts = [self._explain_fn(chunk, t[lo:lo + len(chunk[0])])
+        parts = [self._explain_fn(chunk, tf.constant(t[lo:lo + chunk[0].shape[0]]))
                  for lo, chunk in self._batches(xs)]
         result = [np.concatenate([p[i].numpy() for p in parts]) for i in range(len(xs))]
         return result[0] if len(result) == 1 else result
@@ -237,8 +233,10 @@ def _traced(method, signature=None, jit_compile: bool = False):
     TensorFlow counts traces per code object, so every new analyzer would look like a retrace of
     the previous one (and warn); a ``functools.partial`` has no code object and gets its own count.
     """
+    # autograph off: the traced code has no tensor-dependent Python control flow (the loops run
+    # over the node list), and converting it only costs tracing time
     return tf.function(functools.partial(method.__func__, method.__self__),
-                       input_signature=signature, jit_compile=jit_compile)
+                       input_signature=signature, jit_compile=jit_compile, autograph=False)
 
 
 def _check_input(a, shape: tuple, dtype: str, name: str) -> np.ndarray:
@@ -370,18 +368,17 @@ class Analyzer(BaseAnalyzer):
         return tf.reshape(r, tf.shape(y))
 
     def _filter(self, r: Tensor) -> Tensor:
-        flat = tf.reshape(r, (tf.shape(r)[0], -1))
-        n = flat.shape[1]
+        n = math.prod(r.shape[1:])  # static: the batch axis is the only unknown one
         k = max(1, math.ceil(self.relevance_filter * n))
         if k >= n:
             return r
-        threshold = tf.math.top_k(flat, k=k, sorted=True).values[:, -1:]
+        flat = tf.reshape(r, (-1, n))
+        threshold = tf.reduce_min(tf.math.top_k(flat, k=k, sorted=False).values, axis=1,
+                                  keepdims=True)
         return tf.reshape(tf.where(flat >= threshold, flat, tf.zeros_like(flat)), tf.shape(r))
 
     def _backward(self, xs, targets, keep_all: bool = False):
-        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-            tape.watch(xs)
-            values, extras = self._forward(xs)
+        values, z0s = self._forward(xs)
         relevance = {self._output_key: self._start(values[self._output_key], targets)}
         seen: dict[int, Tensor] = {}
         for node in reversed(self.graph.nodes):
@@ -391,19 +388,21 @@ class Analyzer(BaseAnalyzer):
             r_out = [tf.zeros_like(values[k]) if r is None else r for k, r in zip(node.outputs, r_out)]
             if keep_all:
                 seen.update(zip(node.outputs, r_out))
-            if self.relevance_filter is not None and node.linear is not None:
-                r_out = [self._filter(r) for r in r_out]
-            extra = extras.get(node.name, ())
-            ctx = lrp_rules.Context(
-                node,
-                extra[0] if len(extra) == 1 else [values[k] for k in node.inputs],
-                [values[k] for k in node.outputs], r_out,
-                [self._nonnegative.get(k, False) for k in node.inputs], tape,
-                *(extra if len(extra) == 3 else (None, None, None)),
-            )
-            for k, r in zip(node.inputs, self.rules[node.name](ctx)):
+            # Everything a rule computes (modified weights and forwards, the kernels read
+            # again) waits for the relevance it maps: it then runs in the backward phase and
+            # is freed layer by layer, instead of piling up during the forward pass.
+            with tf.control_dependencies(r_out):
+                if self.relevance_filter is not None and node.linear is not None:
+                    r_out = [self._filter(r) for r in r_out]
+                linear = node.linear
+                ctx = lrp_rules.Context(
+                    node, [values[k] for k in node.inputs], [values[k] for k in node.outputs],
+                    r_out, [self._nonnegative.get(k, False) for k in node.inputs],
+                    *((linear.kernels(), linear.bias(), z0s[node.name]) if linear else ()),
+                )
+                r_in = self.rules[node.name](ctx)
+            for k, r in zip(node.inputs, r_in):
                 relevance[k] = r if k not in relevance else relevance[k] + r
-        del tape
         inputs = [relevance.get(k, tf.zeros_like(x)) for k, x in zip(self.graph.inputs, xs)]
         return inputs, seen
 
@@ -428,6 +427,7 @@ class Analyzer(BaseAnalyzer):
             self._layerwise_fn = _traced(self._layerwise)
         xs = self._prepare(x)
         t = self._targets(target, xs[0].shape[0])
+        xs = [tf.convert_to_tensor(a) for a in xs]
         return {k: v.numpy() for k, v in self._layerwise_fn(xs, tf.constant(t)).items()}
 
 

@@ -13,7 +13,7 @@ of :class:`Term`\\ s, and the shared four-step machinery (:func:`propagate`) doe
 4. multiply: ``R_in = coefficient * sum_t u_t * c_t``, summed over the groups.
 
 Where a term is the layer itself (unmodified input and weights) the forward pass's own
-pre-activation and gradient tape are reused, so LRP-epsilon costs what a gradient costs. Where an
+pre-activation is reused, so LRP-epsilon costs what a gradient costs. Where an
 input is statically known to be non-negative (after ReLU, pooling of non-negative values, ...)
 ``x+ = x`` and every ``x-`` term vanishes, so it is not computed.
 """
@@ -130,10 +130,9 @@ class Context:
         Relevance at each output.
     nonnegative
         Per input, whether it is statically known to be >= 0.
-    tape
-        The persistent tape of the forward pass.
     kernels, bias, z0
-        For a linear node: the kernels and bias of the forward pass and ``z`` without bias.
+        For a linear node: its kernels and bias (read again in the backward pass) and the
+        forward's ``z`` without bias.
     """
 
     node: object
@@ -141,39 +140,39 @@ class Context:
     outputs: list[Tensor]
     relevance: list[Tensor]
     nonnegative: list[bool]
-    tape: tf.GradientTape
     kernels: list[Tensor] | None = None
     bias: Tensor | None = None
     z0: Tensor | None = None
 
-    def gradient(self, upstream: Sequence[Tensor], targets=None) -> list[Tensor]:
-        """Vector-Jacobian product of the forward pass of this node with ``upstream``."""
-        grads = self.tape.gradient(
-            self.outputs if targets is None else targets,
-            self.inputs,
-            output_gradients=list(upstream),
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
-        return list(grads)
+    def gradient(self, upstream: Sequence[Tensor]) -> list[Tensor]:
+        """Vector-Jacobian product of this node's operation with ``upstream`` (one per output)."""
+        linear = self.node.linear
+        if linear is not None:
+            return _vjp(lambda v: [linear.apply(v[0], self.kernels)], self.inputs, upstream)
+        return _vjp(self.node.call, self.inputs, upstream)
 
 
 def stabilize(z: Tensor, stabilizer: float) -> Tensor:
     """``z + stabilizer * sign+(z)`` with ``sign+(0) = +1``."""
     if not stabilizer:
         return z
-    return z + stabilizer * tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
+    eps = tf.constant(stabilizer, z.dtype)
+    return z + tf.where(z >= 0, eps, -eps)
 
 
-def _vjp(fn: Callable[[list[Tensor]], Tensor], us: list[Tensor], s: Tensor) -> list[Tensor]:
-    """``(d fn / d us)^T s`` for a function linear in ``us``.
+def _vjp(fn: Callable[[list[Tensor]], list[Tensor]], us: list[Tensor],
+         upstream: Sequence[Tensor]) -> list[Tensor]:
+    """``(d fn / d us)^T upstream`` for an operation ``fn`` (one upstream tensor per output).
 
-    The forward recorded here is dead code once differentiated (the transposed op needs only
-    the weights and ``s``), and TensorFlow prunes it from the traced graph.
+    The forward recorded on this local tape reaches only from ``us`` to the outputs, so an input
+    that itself depends on another input contributes its direct partial derivative only. Where
+    the transposed op needs no forward value (linear layers, reshapes) the forward recorded here
+    is dead code, and TensorFlow prunes it from the traced graph.
     """
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(us)
-        z = fn(us)
-    return list(tape.gradient(z, us, output_gradients=s,
+        outs = fn(us)
+    return list(tape.gradient(outs, us, output_gradients=list(upstream),
                               unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
 
@@ -199,9 +198,9 @@ def _term_forward(ctx: Context, term: Term, cache: dict) -> tuple[list, Tensor, 
         if plain:
             return us, ctx.outputs[0], lambda s: ctx.gradient([s])
         us = [tf.zeros_like(x) if u is None else u for u, x in zip(us, ctx.inputs)]
-        return us, ctx.node.call(us)[0], lambda s: _vjp(lambda v: ctx.node.call(v)[0], us, s)
+        return us, ctx.node.call(us)[0], lambda s: _vjp(ctx.node.call, us, [s])
     if plain:
-        return us, ctx.z0, lambda s: ctx.gradient([s], targets=[ctx.z0])
+        return us, ctx.z0, lambda s: ctx.gradient([s])
     kernels = ctx.kernels if term.weight is None else [term.weight(k) for k in ctx.kernels]
     u = us[0]
     complement = getattr(term.weight, "complement", None)
@@ -210,7 +209,7 @@ def _term_forward(ctx: Context, term: Term, cache: dict) -> tuple[list, Tensor, 
     else:
         z = linear.apply(u, kernels)
         cache[(id(u), term.weight)] = z
-    return us, z, lambda s: _vjp(lambda v: linear.apply(v[0], kernels), [u], s)
+    return us, z, lambda s: _vjp(lambda v: [linear.apply(v[0], kernels)], [u], [s])
 
 
 def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
