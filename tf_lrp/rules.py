@@ -232,7 +232,7 @@ def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
             for i, (u, c) in enumerate(zip(us, vjp(s))):
                 if u is None:
                     continue
-                r = group.coefficient * (u * c)
+                r = u * c if group.coefficient == 1.0 else group.coefficient * (u * c)
                 total[i] = r if total[i] is None else total[i] + r
     return [tf.zeros_like(x) if r is None else r for r, x in zip(total, ctx.inputs)]
 

@@ -1,0 +1,411 @@
+"""Benchmark LRP against the gradient taken with the same library, in the same process.
+
+    python scripts/benchmark.py --models vgg16 --batch-sizes 4 --quick
+    python scripts/benchmark.py --models vgg16,resnet50,shipped --batch-sizes 1,4,16 \\
+        --out benchmarks/RESULTS.md
+
+For every model and batch size, each method is built fresh and called once (its *first call*:
+building the analyzer, tracing and one run), then warmed up, then timed in interleaved rounds:
+every round calls every method once, in a rotated order. Reported per method:
+
+- the median steady-state time of one call (``__call__`` on a numpy batch, result as numpy);
+- ``ratio``: the median over rounds of (method time / :class:`tf_lrp.analyzers.Gradient` time of
+  the same round), so load from other processes cancels out;
+- ``vs raw``: the same against a plain ``tf.function`` gradient of the raw Keras model output
+  (reference only; the raw model keeps its softmax);
+- the first-call time, and the trace time: first call minus the median (the cost of building
+  and tracing the analyzer beyond one run);
+- the peak memory of one steady-state call above the memory held before it, and its ratio to the
+  Gradient's (see :func:`memory_worker` for how it is measured).
+
+Models need no download: ``vgg16``/``resnet50`` are ``keras.applications`` architectures with
+random weights (``weights=None``) at 224x224, ``shipped`` means every model in ``saved_models/``,
+and any other entry is a path to a model file. Inputs are uniform in [-1, 1]; ``EpsilonGammaBox``
+uses the bounds ``low=-1, high=1``. The same script runs on a GPU unchanged when one is visible.
+
+Progress goes to stderr, the markdown table to stdout (and is appended to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "saved_models"
+COMPOSITES = ("epsilon", "EpsilonPlus", "EpsilonGammaBox", "EpsilonAlpha2Beta1")
+GRADIENT = "Gradient"
+RAW = "raw gradient"
+#: Memory is measured in a child process started with these variables (see memory_worker).
+MEMORY_ENV = {
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "MALLOC_TRIM_THRESHOLD_": "0",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+COLUMNS = ("model", "batch", "method", "median s", "IQR s", "ratio", "vs raw", "first call s",
+           "trace s", "peak MB", "mem ratio")
+
+Explain = Callable[[np.ndarray], np.ndarray]
+# keras.applications models end in a softmax; tf_lrp strips it and warns once per analyzer.
+warnings.filterwarnings("ignore", message=".*ends in a softmax.*")
+
+
+def log(message: str) -> None:
+    """Progress to stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- models
+def expand_models(spec: str) -> list[str]:
+    """Split ``--models``; ``shipped`` becomes every model file in ``saved_models/``."""
+    out: list[str] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if item == "shipped":
+            out += sorted(str(p) for p in SHIPPED.iterdir() if p.suffix in (".h5", ".keras"))
+        else:
+            out.append(item)
+    return out
+
+
+def model_name(spec: str) -> str:
+    """A short display name for a model spec."""
+    return Path(spec).stem if spec not in ("vgg16", "resnet50") else spec
+
+
+def build_model(spec: str):
+    """``vgg16``/``resnet50`` with random weights, or a model file loaded by tf_lrp."""
+    import keras
+
+    import tf_lrp
+
+    keras.utils.set_random_seed(0)
+    if spec == "vgg16":
+        return keras.applications.VGG16(weights=None)
+    if spec == "resnet50":
+        return keras.applications.ResNet50(weights=None)
+    return tf_lrp.load_model(spec)
+
+
+def make_input(model, batch: int, seed: int = 0) -> np.ndarray:
+    """A float32 batch uniform in [-1, 1] for a single-input model."""
+    shape = tuple(model.inputs[0].shape[1:])
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, *shape)).astype("float32")
+
+
+# ------------------------------------------------------------------------------- methods
+def make_composite(name: str):
+    """The composite benchmarked under ``name`` (a preset class name or a registered name)."""
+    from tf_lrp import composites
+
+    presets = {
+        "epsilon": lambda: composites.get("epsilon"),
+        "EpsilonPlus": composites.EpsilonPlus,
+        "EpsilonGammaBox": lambda: composites.EpsilonGammaBox(low=-1.0, high=1.0),
+        "EpsilonAlpha2Beta1": composites.EpsilonAlpha2Beta1,
+    }
+    return presets[name]() if name in presets else composites.get(name)
+
+
+def raw_gradient(model) -> Explain:
+    """A plain ``tf.function`` gradient of the raw model's highest output w.r.t. its input."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def grad(x):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            y = model(x, training=False)
+            selected = tf.reduce_sum(tf.reduce_max(tf.reshape(y, (tf.shape(y)[0], -1)), axis=1))
+        return tape.gradient(selected, x)
+
+    return lambda x: grad(x).numpy()
+
+
+def method_factories(model, composites: Sequence[str]) -> dict[str, Callable[[], Explain]]:
+    """Builders of every benchmarked method, raw gradient and Gradient first."""
+    import tf_lrp
+
+    factories: dict[str, Callable[[], Explain]] = {}
+    if len(model.inputs) == 1:
+        factories[RAW] = lambda: raw_gradient(model)
+    factories[GRADIENT] = lambda: tf_lrp.analyzers.Gradient(model)
+    for name in composites:
+        factories[name] = lambda name=name: tf_lrp.Analyzer(model, make_composite(name))
+    return factories
+
+
+# ------------------------------------------------------------------------------- timing
+def _timed(fn: Explain, x: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t0
+
+
+def benchmark(model, x: np.ndarray, composites: Sequence[str] = COMPOSITES, repeats: int = 10,
+              warmup: int = 1) -> list[dict]:
+    """Time every method on ``x``; one row (dict) per method.
+
+    Parameters
+    ----------
+    model
+        A Keras model.
+    x
+        The input batch.
+    composites
+        Names understood by :func:`make_composite`.
+    repeats
+        Interleaved timing rounds (each calls every method once).
+    warmup
+        Untimed calls per method after its first call.
+
+    Returns
+    -------
+    list of dict
+        Keys ``method``, ``median_s``, ``q1_s``, ``q3_s``, ``ratio`` (median over rounds of the
+        time over the Gradient's time in the same round), ``ratio_raw`` (the same against the raw
+        gradient; ``nan`` without one), ``first_call_s`` (build + trace + one run).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    fns: dict[str, Explain] = {}
+    first: dict[str, float] = {}
+    for name, factory in method_factories(model, composites).items():
+        t0 = time.perf_counter()
+        fns[name] = factory()
+        fns[name](x)
+        first[name] = time.perf_counter() - t0
+        log(f"    {name}: first call {first[name]:.2f} s")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(x)
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_timed(fns[name], x))
+    rows = []
+    for name in names:
+        t = np.asarray(times[name])
+        rows.append({
+            "method": name,
+            "median_s": float(np.median(t)),
+            "q1_s": float(np.percentile(t, 25)),
+            "q3_s": float(np.percentile(t, 75)),
+            "ratio": float(np.median(t / np.asarray(times[GRADIENT]))),
+            "ratio_raw": float(np.median(t / np.asarray(times[RAW]))) if RAW in times
+            else float("nan"),
+            "first_call_s": first[name],
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------- memory
+def _rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS since the last reset) of this process in MB."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                values[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def _peak_of_call(fn: Explain, x: np.ndarray, gpu: bool) -> float:
+    """Peak memory (MB) of one call above what is held just before it."""
+    import gc
+
+    import tensorflow as tf
+
+    gc.collect()
+    if gpu:
+        tf.config.experimental.reset_memory_stats("GPU:0")
+        before = tf.config.experimental.get_memory_info("GPU:0")["current"]
+        fn(x)
+        return (tf.config.experimental.get_memory_info("GPU:0")["peak"] - before) / 2**20
+    before, _ = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark to the current RSS
+        f.write("5")
+    fn(x)
+    return _rss_mb()[1] - before
+
+
+def memory_worker(spec: str, batch: int, composites: Sequence[str], calls: int = 2) -> dict:
+    """Peak memory of one steady-state call per method, in this process (run it in a child).
+
+    On a GPU: ``get_memory_info('GPU:0')['peak']`` after ``reset_memory_stats``, minus the
+    memory in use before the call. On CPU (``get_memory_info('CPU:0')`` reports 0 there): the
+    process's peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) minus
+    the RSS before the call. That only sees freed memory if it goes back to the OS, so the child
+    runs with oneDNN off (its allocator pools freed blocks) and glibc told to ``mmap`` every block
+    over 64 KiB (:data:`MEMORY_ENV`). Each method is called once untraced, then ``calls`` times;
+    the largest peak counts.
+    """
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    model = build_model(spec)
+    x = make_input(model, batch)
+    out = {"device": "GPU:0" if gpu else "CPU", "peak_mb": {}}
+    for name, factory in method_factories(model, composites).items():
+        fn = factory()
+        fn(x)
+        out["peak_mb"][name] = max(_peak_of_call(fn, x, gpu) for _ in range(calls))
+        del fn
+    return out
+
+
+def measure_memory(spec: str, batch: int, composites: Sequence[str],
+                   timeout: float = 3600) -> dict[str, float]:
+    """Run :func:`memory_worker` in a fresh child process; method -> peak MB (empty on failure)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", "--models", spec,
+           "--batch-sizes", str(batch), "--composites", ",".join(composites)]
+    env = {**os.environ, **MEMORY_ENV}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"    memory: timed out after {timeout:.0f} s")
+        return {}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        log(f"    memory: child failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        return {}
+    return json.loads(lines[-1])["peak_mb"]
+
+
+# ------------------------------------------------------------------------------- report
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The rows as a markdown table (columns :data:`COLUMNS`)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = [r["model"], str(r["batch"]), r["method"], _fmt(r["median_s"], 3),
+                 f"{_fmt(r['q1_s'], 3)}-{_fmt(r['q3_s'], 3)}", _fmt(r["ratio"]),
+                 _fmt(r["ratio_raw"]), _fmt(r["first_call_s"]),
+                 _fmt(r["first_call_s"] - r["median_s"]), _fmt(r.get("peak_mb"), 1),
+                 _fmt(r.get("mem_ratio"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """CPU model, cores, device, Python/TF/Keras versions and the date."""
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = tf.config.list_physical_devices("GPU")
+    device = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                       for g in gpus) or "CPU only"
+    return (f"{cpu}, {os.cpu_count()} cores ({device}); Python {platform.python_version()}, "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}, NumPy {np.__version__}; "
+            f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+
+
+def report(rows: Sequence[dict], args: argparse.Namespace, memory: bool) -> str:
+    """Header naming the machine and the run, then the table."""
+    how = ("peak MB: one steady-state call in a child process (oneDNN off, glibc mmap threshold "
+           "64 KiB; VmHWM reset via /proc/self/clear_refs, minus RSS before the call; on GPU "
+           "get_memory_info peak)" if memory else "memory not measured")
+    return (f"## {machine()}\n\n"
+            f"`python scripts/benchmark.py {' '.join(args.argv)}`: {args.repeats} interleaved "
+            f"rounds after {args.warmup} warm-up call(s); ratio = median over rounds of time / "
+            f"tf_lrp Gradient time in the same round; vs raw = same against a plain tf.function "
+            f"gradient of the Keras model; first call = build + trace + one run; trace = first call - median; {how}.\n\n"
+            f"{markdown_table(rows)}\n")
+
+
+def _append(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` atomically (write a temp file, then replace)."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(old.rstrip("\n") + "\n\n" + text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="vgg16,resnet50,shipped",
+                   help="comma-separated: vgg16, resnet50, shipped, or model file paths")
+    p.add_argument("--batch-sizes", default="1,4,16")
+    p.add_argument("--composites", default=",".join(COMPOSITES))
+    p.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls after the first call")
+    p.add_argument("--quick", action="store_true", help="3 rounds, no warm-up beyond the first call")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument("--out", type=Path, default=None, help="append the table to this markdown file")
+    p.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.repeats, args.warmup = 3, 0
+    args.model_list = expand_models(args.models)
+    args.batch_list = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    args.composite_list = [c.strip() for c in args.composites.split(",") if c.strip()]
+    return args
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Benchmark every model x batch size; rows with memory columns filled in."""
+    rows = []
+    for spec in args.model_list:
+        model = build_model(spec)
+        for batch in args.batch_list:
+            log(f"{model_name(spec)} batch {batch}: timing")
+            x = make_input(model, batch)
+            part = benchmark(model, x, args.composite_list, args.repeats, args.warmup)
+            peaks = {}
+            if not args.no_memory:
+                log(f"{model_name(spec)} batch {batch}: memory (child process)")
+                peaks = measure_memory(spec, batch, args.composite_list)
+            base = peaks.get(GRADIENT)
+            for r in part:
+                peak = peaks.get(r["method"])
+                r.update(model=model_name(spec), batch=batch, peak_mb=peak,
+                         mem_ratio=peak / base if peak is not None and base else None)
+            rows += part
+            log(markdown_table(part))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.memory_worker:
+        out = memory_worker(args.model_list[0], args.batch_list[0], args.composite_list)
+        print(json.dumps(out))
+        return 0
+    rows = run(args)
+    text = report(rows, args, memory=not args.no_memory)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        _append(args.out, text)
+        log(f"appended to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
