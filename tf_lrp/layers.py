@@ -268,62 +268,28 @@ PASS = "pass"  # relevance passes unchanged (activations)
 ROUTE = "route"  # relevance follows the ordinary gradient (max pooling winner, reshapes, concat)
 PROPORTIONAL = "proportional"  # LRP-0 in proportion to the inputs (average pooling, Add)
 
+_ACTIVATIONS = (kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl.Softmax)
+_DROPOUT = (kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D)
+_NOISE = (kl.GaussianNoise, kl.GaussianDropout, kl.AlphaDropout, kl.ActivityRegularization)
+_MAX_POOLING = (
+    kl.MaxPooling1D, kl.MaxPooling2D, kl.MaxPooling3D,
+    kl.GlobalMaxPooling1D, kl.GlobalMaxPooling2D, kl.GlobalMaxPooling3D,
+)
+_RESHAPING = (
+    kl.Flatten, kl.Reshape, kl.Permute, kl.RepeatVector, kl.Concatenate,
+    kl.ZeroPadding1D, kl.ZeroPadding2D, kl.ZeroPadding3D,
+    kl.Cropping1D, kl.Cropping2D, kl.Cropping3D,
+)
+_AVERAGING = (
+    kl.AveragePooling1D, kl.AveragePooling2D, kl.AveragePooling3D,
+    kl.GlobalAveragePooling1D, kl.GlobalAveragePooling2D, kl.GlobalAveragePooling3D,
+    kl.Add, kl.Average,
+)
+
 _FIXED: list[tuple[tuple[type, ...], str]] = [
-    ((kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl.Softmax), PASS),
-    (
-        (
-            kl.Dropout,
-            kl.SpatialDropout1D,
-            kl.SpatialDropout2D,
-            kl.SpatialDropout3D,
-            kl.GaussianNoise,
-            kl.GaussianDropout,
-            kl.AlphaDropout,
-            kl.ActivityRegularization,
-        ),
-        ROUTE,
-    ),
-    (
-        (
-            kl.MaxPooling1D,
-            kl.MaxPooling2D,
-            kl.MaxPooling3D,
-            kl.GlobalMaxPooling1D,
-            kl.GlobalMaxPooling2D,
-            kl.GlobalMaxPooling3D,
-        ),
-        ROUTE,
-    ),
-    (
-        (
-            kl.Flatten,
-            kl.Reshape,
-            kl.Permute,
-            kl.RepeatVector,
-            kl.Concatenate,
-            kl.ZeroPadding1D,
-            kl.ZeroPadding2D,
-            kl.ZeroPadding3D,
-            kl.Cropping1D,
-            kl.Cropping2D,
-            kl.Cropping3D,
-            kl.InputLayer,
-        ),
-        ROUTE,
-    ),
-    (
-        (
-            kl.AveragePooling1D,
-            kl.AveragePooling2D,
-            kl.AveragePooling3D,
-            kl.GlobalAveragePooling1D,
-            kl.GlobalAveragePooling2D,
-            kl.GlobalAveragePooling3D,
-            kl.Add,
-            kl.Average,
-        ),
-        PROPORTIONAL,
-    ),
+    (_ACTIVATIONS, PASS),
+    (_DROPOUT + _NOISE + _MAX_POOLING + _RESHAPING + (kl.InputLayer,), ROUTE),
+    (_AVERAGING, PROPORTIONAL),
 ]
 
 _NONNEGATIVE_ACTIVATIONS = {
@@ -337,37 +303,7 @@ _NONNEGATIVE_ACTIVATIONS = {
 }
 
 # layers whose output is non-negative whenever all their inputs are
-_SIGN_PRESERVING = (
-    kl.Dropout,
-    kl.SpatialDropout1D,
-    kl.SpatialDropout2D,
-    kl.SpatialDropout3D,
-    kl.MaxPooling1D,
-    kl.MaxPooling2D,
-    kl.MaxPooling3D,
-    kl.GlobalMaxPooling1D,
-    kl.GlobalMaxPooling2D,
-    kl.GlobalMaxPooling3D,
-    kl.AveragePooling1D,
-    kl.AveragePooling2D,
-    kl.AveragePooling3D,
-    kl.GlobalAveragePooling1D,
-    kl.GlobalAveragePooling2D,
-    kl.GlobalAveragePooling3D,
-    kl.Flatten,
-    kl.Reshape,
-    kl.Permute,
-    kl.RepeatVector,
-    kl.Concatenate,
-    kl.Add,
-    kl.Average,
-    kl.ZeroPadding1D,
-    kl.ZeroPadding2D,
-    kl.ZeroPadding3D,
-    kl.Cropping1D,
-    kl.Cropping2D,
-    kl.Cropping3D,
-)
+_SIGN_PRESERVING = _DROPOUT + _MAX_POOLING + _AVERAGING + _RESHAPING
 
 
 def fixed_handling(layer) -> str | None:
