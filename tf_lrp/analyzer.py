@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -47,7 +48,9 @@ class BaseAnalyzer:
         Which model output to explain: index or name. Needed only for multi-output models.
     batch_size
         Largest batch given to one step; larger inputs are split (caps peak memory).
-        ``None`` passes the whole input at once.
+        ``None`` passes the whole input at once. Either way, a step that runs out of memory is
+        split in halves until it fits (with a ``ResourceWarning``), and later calls keep the
+        smaller step.
     jit_compile
         Compile the traced function with XLA (off by default: slower on CPU in our tests).
 
@@ -70,6 +73,7 @@ class BaseAnalyzer:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.model = model
         self.batch_size = batch_size
+        self._memory_cap: int | None = None  # lowered when a step runs out of memory
         self.graph: Graph = canonizers.canonize(build_graph(model))
         self._output_key = self._select_output(output)
         out_shape = self.graph.shapes.get(self._output_key, (None,))[1:]
@@ -126,8 +130,12 @@ class BaseAnalyzer:
         for node in self.graph.nodes:
             ins = [values[k] for k in node.inputs]
             if node.linear is not None:
-                z0 = node.linear.apply(ins[0], node.linear.kernels())
-                outs = [node.linear.add_bias(z0, node.linear.bias())]
+                # kernels are read (a folded BatchNorm computed) when the input is ready, not all
+                # at the start of the step, where they would all be alive at once
+                with tf.control_dependencies(ins[:1]):
+                    kernels, bias = node.linear.kernels(), node.linear.bias()
+                z0 = node.linear.apply(ins[0], kernels)
+                outs = [node.linear.add_bias(z0, bias)]
                 z0s[node.name] = z0
             else:
                 outs = node.call(ins)
@@ -189,17 +197,39 @@ class BaseAnalyzer:
             )
         return t.astype(np.int32)
 
-    def _batches(self, xs: list[np.ndarray]):
-        """``(offset, tensors)`` steps of at most ``batch_size`` samples."""
+    def _map_batches(self, fn, xs: list[np.ndarray]) -> list:
+        """``fn(offset, tensors)`` over steps of at most ``batch_size`` samples, in order.
+
+        A step that runs out of memory (``tf.errors.ResourceExhaustedError``) is retried with
+        half as many samples, and later steps and calls keep the smaller size (a
+        ``ResourceWarning`` says which); only a single sample that does not fit raises.
+        """
         n = xs[0].shape[0]
-        step = self.batch_size or n
-        for lo in range(0, n, step):
-            yield lo, [tf.convert_to_tensor(a[lo:lo + step]) for a in xs]
+        lo, out = 0, []
+        while lo < n:
+            step = min(self.batch_size or n, self._memory_cap or n)
+            try:
+                out.append(fn(lo, [tf.convert_to_tensor(a[lo:lo + step]) for a in xs]))
+            except tf.errors.ResourceExhaustedError as exc:
+                if step == 1:
+                    raise MemoryError(
+                        f"{type(self).__name__}: a single sample does not fit in memory "
+                        f"({exc.message.splitlines()[0][:200]}); use a smaller model or input, "
+                        "or a device with more memory"
+                    ) from exc
+                self._memory_cap = step // 2
+                warnings.warn(
+                    f"{type(self).__name__}: out of memory on a step of {step} samples; "
+                    f"continuing with {self._memory_cap} per step (pass batch_size="
+                    f"{self._memory_cap} to start there)", ResourceWarning, stacklevel=3)
+                continue
+            lo += step
+        return out
 
     def predict(self, x) -> np.ndarray:
         """The explained output (logits: a final softmax is stripped) as ``(batch, outputs)``."""
         xs = self._prepare(x)
-        parts = [self._predict_fn(chunk).numpy() for _, chunk in self._batches(xs)]
+        parts = self._map_batches(lambda lo, chunk: self._predict_fn(chunk).numpy(), xs)
         return np.concatenate(parts)
 
     def __call__(self, x, target=None):
@@ -221,9 +251,10 @@ class BaseAnalyzer:
         """
         xs = self._prepare(x)
         t = self._targets(target, xs[0].shape[0])
-        parts = [self._explain_fn(chunk, tf.constant(t[lo:lo + chunk[0].shape[0]]))
-                 for lo, chunk in self._batches(xs)]
-        result = [np.concatenate([p[i].numpy() for p in parts]) for i in range(len(xs))]
+        parts = self._map_batches(
+            lambda lo, chunk: [r.numpy() for r in self._explain_fn(
+                chunk, tf.constant(t[lo:lo + chunk[0].shape[0]]))], xs)
+        result = [np.concatenate([p[i] for p in parts]) for i in range(len(xs))]
         return result[0] if len(result) == 1 else result
 
 
@@ -320,6 +351,7 @@ class Analyzer(BaseAnalyzer):
         self.relevance_filter = relevance_filter
         super().__init__(model, output=output, batch_size=batch_size, jit_compile=jit_compile)
         self.rules = self._assign_rules()
+        self._recompute = self._recompute_plan()
         self._layerwise_fn = None
 
     def _assign_rules(self) -> dict[str, lrp_rules.Rule]:
@@ -346,6 +378,45 @@ class Analyzer(BaseAnalyzer):
         if problems:
             raise UnsupportedLayerError(_unsupported_message(problems, self.composite))
         return assigned
+
+    def _recompute_plan(self) -> dict[int, Node]:
+        """Tensors the backward pass recomputes instead of keeping them from the forward pass.
+
+        A node whose rule reads its forward output (:meth:`tf_lrp.rules.Rule.reads_output`) has
+        that output kept anyway (for a linear node as ``z0``, from which ``z = z0 + b`` is
+        recomputed). The chain of cheap single-input layers after it (activations, pooling,
+        reshapes, padding, dropout: layers with fixed handling) is then recomputed when the
+        backward pass reaches it, by the same operations on the same values, instead of being
+        kept as well; so are chains from a model input. Maps each such tensor to its node.
+        """
+        anchored = set(self.graph.inputs)
+        plan: dict[int, Node] = {}
+        for node in self.graph.nodes:
+            nonneg = [self._nonnegative.get(k, False) for k in node.inputs]
+            if (len(node.inputs) == 1 and node.inputs[0] in anchored and node.linear is None
+                    and (node.kind == "activation"
+                         or lrp_layers.fixed_handling(node.layer) is not None)):
+                plan.update(dict.fromkeys(node.outputs, node))
+            elif self.rules[node.name].reads_output(nonneg):
+                if node.linear is not None:
+                    plan.update(dict.fromkeys(node.outputs, node))
+            else:
+                continue
+            anchored.update(node.outputs)
+        return plan
+
+    def _value(self, key: int, values: dict, z0s: dict, memo: dict) -> Tensor:
+        """The value of tensor ``key`` for the backward pass (see :meth:`_recompute_plan`)."""
+        node = self._recompute.get(key)
+        if node is None:
+            return values[key]
+        if key not in memo:
+            if node.linear is not None:
+                memo[key] = node.linear.add_bias(z0s[node.name], node.linear.bias())
+            else:
+                ins = [self._value(k, values, z0s, memo) for k in node.inputs]
+                memo.update(zip(node.outputs, node.call(ins)))
+        return memo[key]
 
     def rule_table(self) -> list[tuple[str, str, str]]:
         """``(node name, layer class, rule)`` for every node, in forward order."""
@@ -381,6 +452,7 @@ class Analyzer(BaseAnalyzer):
         values, z0s = self._forward(xs)
         relevance = {self._output_key: self._start(values[self._output_key], targets)}
         seen: dict[int, Tensor] = {}
+        memo: dict[int, Tensor] = {}
         for node in reversed(self.graph.nodes):
             r_out = [relevance.pop(k, None) for k in node.outputs]
             if all(r is None for r in r_out):
@@ -396,7 +468,8 @@ class Analyzer(BaseAnalyzer):
                     r_out = [self._filter(r) for r in r_out]
                 linear = node.linear
                 ctx = lrp_rules.Context(
-                    node, [values[k] for k in node.inputs], [values[k] for k in node.outputs],
+                    node, [self._value(k, values, z0s, memo) for k in node.inputs],
+                    [self._value(k, values, z0s, memo) for k in node.outputs],
                     r_out, [self._nonnegative.get(k, False) for k in node.inputs],
                     *((linear.kernels(), linear.bias(), z0s[node.name]) if linear else ()),
                 )

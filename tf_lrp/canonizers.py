@@ -15,6 +15,7 @@ They run in this order (:func:`canonize`):
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 from keras import layers as kl
@@ -131,14 +132,7 @@ def _folded(linear, bn_layer):
         b = bias()
         return t if b is None else b * s + t
 
-    return lrp_layers.Linear(
-        layer=linear.layer,
-        kernels=folded_kernels,
-        bias=folded_bias,
-        apply=linear.apply,
-        scale_output=linear.scale_output,
-        channel_axis=linear.channel_axis,
-    )
+    return dataclasses.replace(linear, kernels=folded_kernels, bias=folded_bias)
 
 
 def canonize(graph: Graph) -> Graph:

@@ -47,6 +47,13 @@ class Linear:
         The axis of ``z`` that holds output channels (where a bias or a BatchNorm scale acts).
     activation
         The activation the layer applies after ``z``, or ``None`` when it is linear.
+    input_axis
+        For a layer with one kernel whose ``z`` sums over input channels (Dense, convolutions):
+        the kernel axis of the input channels. Then ``apply(u1, k1) + apply(u2, k2)`` equals
+        ``apply(concat(u1, u2), concat(k1, k2))`` with the inputs joined on the channel axis
+        and the kernels on this one, and a rule with several terms costs one forward and one
+        transposed operation instead of one per term. ``None`` (depthwise and separable
+        convolutions, BatchNormalization, custom layers by default): terms run one by one.
     """
 
     layer: keras.layers.Layer
@@ -56,6 +63,7 @@ class Linear:
     scale_output: Callable[[list[Tensor], Tensor], list[Tensor]]
     channel_axis: int = -1
     activation: Callable[[Tensor], Tensor] | None = None
+    input_axis: int | None = None
 
     def add_bias(self, z: Tensor, bias: Tensor | None) -> Tensor:
         """Add a per-channel ``bias`` vector to ``z`` along :attr:`channel_axis`."""
@@ -94,7 +102,8 @@ def _bias_getter(layer) -> Callable[[], Tensor | None]:
     return bias
 
 
-def _kernel_layer(layer, apply, scale_output=_scale_last, kernels=("kernel",)) -> Linear:
+def _kernel_layer(layer, apply, scale_output=_scale_last, kernels=("kernel",),
+                  input_axis: int | None = None) -> Linear:
     """The :class:`Linear` of a Keras layer whose kernels are attributes named ``kernels``."""
     return Linear(
         layer=layer,
@@ -104,11 +113,12 @@ def _kernel_layer(layer, apply, scale_output=_scale_last, kernels=("kernel",)) -
         scale_output=scale_output,
         channel_axis=_channel_axis(layer),
         activation=_activation(layer),
+        input_axis=input_axis,
     )
 
 
 def _dense(layer: kl.Dense) -> Linear:
-    return _kernel_layer(layer, lambda x, k: ops.matmul(x, k[0]))
+    return _kernel_layer(layer, lambda x, k: ops.matmul(x, k[0]), input_axis=0)
 
 
 def _conv(layer) -> Linear:
@@ -132,7 +142,7 @@ def _conv(layer) -> Linear:
             data_format=layer.data_format,
         )
 
-    return _kernel_layer(layer, apply)
+    return _kernel_layer(layer, apply, input_axis=-2)  # kernel (*window, in, out)
 
 
 def _conv_transpose(layer) -> Linear:
@@ -150,7 +160,7 @@ def _conv_transpose(layer) -> Linear:
     def scale_output(kernels, s):  # kernel layout (..., out_channels, in_channels)
         return [kernels[0] * s[:, None]]
 
-    return _kernel_layer(layer, apply, scale_output)
+    return _kernel_layer(layer, apply, scale_output, input_axis=-1)
 
 
 def _depthwise(layer) -> Linear:
