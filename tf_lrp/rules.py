@@ -15,7 +15,9 @@ of :class:`Term`\\ s, and the shared four-step machinery (:func:`propagate`) doe
 Where a term is the layer itself (unmodified input and weights) the forward pass's own
 pre-activation is reused, so LRP-epsilon costs what a gradient costs. Where an
 input is statically known to be non-negative (after ReLU, pooling of non-negative values, ...)
-``x+ = x`` and every ``x-`` term vanishes, so it is not computed.
+``x+ = x`` and every ``x-`` term vanishes, so it is not computed. Several terms left in one
+group run as one operation on stacked inputs and kernels where the layer allows it
+(:func:`_fused_forward`).
 """
 
 from __future__ import annotations
