@@ -10,7 +10,9 @@ the explained output back to the input, node by node in reverse topological orde
 rule (chosen by a composite) mapping the relevance at its outputs to relevance at its inputs.
 Relevance reaching a tensor read by several nodes is summed. Each rule's vector-Jacobian
 products come from a small local ``tf.GradientTape`` over that node alone, and its work waits
-(control dependencies) for the relevance it maps.
+(control dependencies) for the relevance it maps. Activation and pooling outputs that follow a
+kept pre-activation are recomputed in the backward pass rather than kept
+(:meth:`Analyzer._recompute_plan`).
 """
 
 from __future__ import annotations
