@@ -387,19 +387,20 @@ class Analyzer(BaseAnalyzer):
         backward pass reaches it, by the same operations on the same values, instead of being
         kept as well; so are chains from a model input. Maps each such tensor to its node.
         """
-        anchored = set(self.graph.inputs)
+        anchored = set(self.graph.inputs)  # kept, or recomputed from what is kept
         plan: dict[int, Node] = {}
         for node in self.graph.nodes:
-            nonneg = [self._nonnegative.get(k, False) for k in node.inputs]
-            if (len(node.inputs) == 1 and node.inputs[0] in anchored and node.linear is None
-                    and (node.kind == "activation"
-                         or lrp_layers.fixed_handling(node.layer) is not None)):
-                plan.update(dict.fromkeys(node.outputs, node))
-            elif self.rules[node.name].reads_output(nonneg):
-                if node.linear is not None:
-                    plan.update(dict.fromkeys(node.outputs, node))
+            cheap = node.linear is None and (node.kind == "activation"
+                                             or lrp_layers.fixed_handling(node.layer) is not None)
+            if cheap and len(node.inputs) == 1 and node.inputs[0] in anchored:
+                recompute = True
+            elif self.rules[node.name].reads_output(
+                    [self._nonnegative.get(k, False) for k in node.inputs]):
+                recompute = node.linear is not None  # z from z0; other nodes' outputs are kept
             else:
                 continue
+            if recompute:
+                plan.update(dict.fromkeys(node.outputs, node))
             anchored.update(node.outputs)
         return plan
 

@@ -150,7 +150,7 @@ class Context:
         """Vector-Jacobian product of this node's operation with ``upstream`` (one per output)."""
         linear = self.node.linear
         if linear is not None:
-            return _vjp(lambda v: [linear.apply(v[0], self.kernels)], self.inputs, upstream)
+            return [_linear_vjp(linear, self.kernels, self.inputs[0], upstream[0])]
         return _vjp(self.node.call, self.inputs, upstream)
 
 
@@ -176,6 +176,16 @@ def _vjp(fn: Callable[[list[Tensor]], list[Tensor]], us: list[Tensor],
         outs = fn(us)
     return list(tape.gradient(outs, us, output_gradients=list(upstream),
                               unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+
+def _linear_vjp(linear, kernels: list[Tensor], u: Tensor, s: Tensor) -> Tensor:
+    """``rho(W)^T s``: the transposed operation of ``linear.apply(., kernels)`` (at ``u``) on ``s``."""
+    return _vjp(lambda v: [linear.apply(v[0], kernels)], [u], [s])[0]
+
+
+def _modified(kernels: list[Tensor], weight: WeightModifier | None) -> list[Tensor]:
+    """The kernels as a term's weight modifier makes them (``None``: unchanged)."""
+    return kernels if weight is None else [weight(k) for k in kernels]
 
 
 Part = tuple[Tensor, Callable[[Tensor], list]]  # (z_t, s -> relevance per input, None if none)
@@ -208,7 +218,7 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
         return ctx.node.call(filled)[0], _times_input(us, lambda s: _vjp(ctx.node.call, filled, [s]))
     if plain:
         return ctx.z0, _times_input(us, lambda s: ctx.gradient([s]))
-    kernels = ctx.kernels if term.weight is None else [term.weight(k) for k in ctx.kernels]
+    kernels = _modified(ctx.kernels, term.weight)
     u = us[0]
     complement = getattr(term.weight, "complement", None)
     if u is ctx.inputs[0] and (id(u), complement) in cache:
@@ -216,7 +226,7 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
     else:
         z = linear.apply(u, kernels)
         cache[(id(u), term.weight)] = z
-    return z, _times_input(us, lambda s: _vjp(lambda v: [linear.apply(v[0], kernels)], [u], [s]))
+    return z, _times_input(us, lambda s: [_linear_vjp(linear, kernels, u, s)])
 
 
 def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
@@ -229,11 +239,11 @@ def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
     linear = ctx.node.linear
     axis = linear.channel_axis
     u = tf.concat([us[0] for _, us in live], axis=axis)
-    kernel = tf.concat([ctx.kernels[0] if t.weight is None else t.weight(ctx.kernels[0])
-                        for t, _ in live], axis=linear.input_axis)
+    kernel = tf.concat([_modified(ctx.kernels, t.weight)[0] for t, _ in live],
+                       axis=linear.input_axis)
 
     def contribute(s: Tensor) -> list:
-        c = _vjp(lambda v: [linear.apply(v[0], [kernel])], [u], [s])[0]
+        c = _linear_vjp(linear, [kernel], u, s)
         return [tf.add_n(tf.split(u * c, len(live), axis=axis))]
 
     return linear.apply(u, [kernel]), contribute
