@@ -136,27 +136,15 @@ def heatmaps(
     colored = visualize.heatmap(
         maps, cmap, percentile=percentile, reduce=reduce, channel_axis=channel_axis
     )
-    blended = None
-    if inputs is not None:  # validate and draw before writing anything
-        images = _as_batch(inputs, image_shape, "inputs")[:max_outputs]
-        if images.ndim == 4:
-            images = np.moveaxis(images, channel_axis, -1)
-        blended = visualize.overlay(colored, images, alpha=alpha, input_range=input_range)
     clip = f" (clipped at its {percentile:g}th percentile)" if percentile is not None else ""
-    written = tf.summary.image(
-        f"{name}/heatmap",
-        colored,
-        step=step,
-        max_outputs=max_outputs,
-        description=_HEATMAP_DESCRIPTION.format(clip=clip),
-    )
-    if blended is not None:
-        written_overlay = tf.summary.image(
-            f"{name}/overlay",
-            blended,
-            step=step,
-            max_outputs=max_outputs,
-            description=_OVERLAY_DESCRIPTION.format(alpha=alpha),
-        )
-        return bool(written) and bool(written_overlay)
-    return bool(written)
+    images = {"heatmap": (colored, _HEATMAP_DESCRIPTION.format(clip=clip))}
+    if inputs is not None:  # validate and draw before writing anything
+        pictures = _as_batch(inputs, image_shape, "inputs")[:max_outputs]
+        if pictures.ndim == 4:
+            pictures = np.moveaxis(pictures, channel_axis, -1)
+        blended = visualize.overlay(colored, pictures, alpha=alpha, input_range=input_range)
+        images["overlay"] = (blended, _OVERLAY_DESCRIPTION.format(alpha=alpha))
+    written = [tf.summary.image(f"{name}/{tag}", data, step=step, max_outputs=max_outputs,
+                                description=description)
+               for tag, (data, description) in images.items()]
+    return all(bool(w) for w in written)
