@@ -84,6 +84,14 @@ def report(name: str, path: Path, test_accuracy: float, n_test: int, size: int) 
     )
 
 
+def replace_examples(folder: Path, images, names, low: float, high: float) -> None:
+    """Replace the PNG files in ``folder`` by ``images`` (values in [low, high]) named ``names``."""
+    for old in folder.glob("*.png"):
+        old.unlink()
+    for image, name in zip(images, names, strict=True):
+        save_png(image, folder / name, low, high)
+
+
 def save_png(image: np.ndarray, path: Path, low: float, high: float) -> None:
     """Save an (h, w, 1) or (h, w, 3) image with values in [low, high] as an 8-bit PNG."""
     from PIL import Image

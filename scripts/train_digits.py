@@ -110,11 +110,8 @@ def write_examples(models: dict, examples_dir: Path) -> None:
     for model, x in ((models["digits_mlp"], x28), (models["digits_lenet"], x32)):
         correct &= np.argmax(model.predict(x, verbose=0), axis=-1) == y
     chosen = sorted(int(np.flatnonzero(correct & (y == c))[0]) for c in EXAMPLE_CLASSES)
-    for old in (examples_dir / "digits").glob("*.png"):
-        old.unlink()
-    for index in chosen:
-        path = examples_dir / "digits" / f"test{index:03d}_label{y[index]}.png"
-        _training.save_png(x28[index], path, low=-1.0, high=1.0)
+    _training.replace_examples(examples_dir / "digits", x28[chosen],
+                               [f"test{i:03d}_label{y[i]}.png" for i in chosen], -1.0, 1.0)
     np.save(examples_dir / "digits_32.npy", x32[chosen])
     print(f"examples: test indices {chosen}, labels {y[chosen].tolist()}", flush=True)
 

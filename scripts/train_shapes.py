@@ -77,13 +77,9 @@ def write_examples(
 
     correct = np.argmax(model.predict(x, verbose=0), axis=-1) == y
     chosen = sorted(int(np.flatnonzero(correct & (y == c))[0]) for c in range(len(SHAPES_CLASSES)))
-    for old in (examples_dir / "shapes").glob("*.png"):
-        old.unlink()
-    for index in chosen:
-        name = SHAPES_CLASSES[y[index]]
-        _training.save_png(
-            x[index], examples_dir / "shapes" / f"test{index:03d}_{name}.png", 0.0, 1.0
-        )
+    _training.replace_examples(examples_dir / "shapes", x[chosen],
+                               [f"test{i:03d}_{SHAPES_CLASSES[y[i]]}.png" for i in chosen],
+                               0.0, 1.0)
     np.save(examples_dir / "shapes_32.npy", x[chosen])
     np.save(examples_dir / "shapes_masks.npy", masks[chosen])
     print(f"examples: held-out indices {chosen}, labels {y[chosen].tolist()}", flush=True)
