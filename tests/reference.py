@@ -166,6 +166,8 @@ def unfold(fn: Callable[[Array], Array], in_shape: Sequence[int]) -> tuple[Array
 class Linear:
     """Affine layer ``z = a @ W + b`` with ``W = K_1 @ K_2 @ ...`` (one factor per kernel).
 
+    Rules modify the effective ``W``, not the factors.
+
     ``structures`` holds, per factor, the 0/1 matrix of connections the kernel actually makes
     (used by Flat). ``fixed_rule`` is set for weightless linear layers (average pooling).
     """
@@ -180,20 +182,23 @@ class Linear:
 
     @property
     def W(self) -> Array:
-        return self.rho(lambda k: k)
-
-    def rho(self, fn: Callable[[Array], Array]) -> Array:
-        """Product of ``fn`` applied to every kernel factor separately."""
-        out = fn(self.factors[0])
+        """The effective matrix: the product of the factors."""
+        out = self.factors[0]
         for k in self.factors[1:]:
-            out = out @ fn(k)
+            out = out @ k
         return out
 
+    def rho(self, fn: Callable[[Array], Array]) -> Array:
+        """``fn`` applied to the effective matrix (rules act on the layer's effective linear map;
+        ``(D P)+`` is not ``D+ P+``)."""
+        return fn(self.W)
+
     def rho_structure(self) -> Array:
+        """0/1 matrix of the connections the effective map makes."""
         out = self.structures[0]
         for s in self.structures[1:]:
             out = out @ s
-        return out
+        return (out != 0).astype(np.float64)
 
     def preactivation(self, a: Array) -> Array:
         return a @ self.W + self.bias
@@ -316,7 +321,7 @@ def separable_conv2d(depthwise_kernel, pointwise_kernel, bias, in_shape, strides
                      padding="valid", activation=None) -> Linear:
     """SeparableConv2D: depthwise (strided, padded) then 1x1 pointwise, one bias at the end.
 
-    Two factors, so every rule applies rho to each kernel separately.
+    Two factors; every rule applies rho to their product (the effective map).
     """
     dw_shape = depthwise_kernel.shape
 
@@ -377,6 +382,9 @@ def Zero() -> Epsilon:  # noqa: N802 - mirrors the rule's class name
 
 @dataclass
 class Gamma:
+    """Generalized gamma (Andeol et al. 2021): per output, the pair of terms that pushes ``z``
+    away from zero is amplified, with its own denominator."""
+
     gamma: float = 0.25
     stabilizer: float = 1e-6
 
@@ -384,10 +392,15 @@ class Gamma:
         g = self.gamma
         w_up = layer.rho(lambda k: k + g * pos(k))
         w_dn = layer.rho(lambda k: k + g * neg(k))
-        b = layer.bias + g * pos(layer.bias)
-        z = pos(a) @ w_up + neg(a) @ w_dn + b
-        s = safe_divide(R, z + self.stabilizer * sign_plus(z))
-        return pos(a) * (s @ w_up.T) + neg(a) * (s @ w_dn.T)
+        b = layer.bias
+        z = a @ layer.W + b
+        out = np.zeros_like(a, dtype=np.float64)
+        for mask, w_a, w_b, bias in ((z >= 0, w_up, w_dn, b + g * pos(b)),
+                                     (z < 0, w_dn, w_up, b + g * neg(b))):
+            d = pos(a) @ w_a + neg(a) @ w_b + bias
+            s = safe_divide(np.where(mask, R, 0.0), d + self.stabilizer * sign_plus(d))
+            out += pos(a) * (s @ w_a.T) + neg(a) * (s @ w_b.T)
+        return out
 
 
 @dataclass

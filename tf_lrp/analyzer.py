@@ -27,8 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lrp import canonizers, composites
-from tf_lrp import layers as lrp_layers
+from tf_lrp import canonizers, composites, keras_adapter, plan, weightless
 from tf_lrp import rules as lrp_rules
 from tf_lrp.errors import InputError, UnsupportedLayerError
 from tf_lrp.graph import Graph, Node, build_graph
@@ -67,6 +66,12 @@ class BaseAnalyzer:
             from tf_lrp.io import load_model
 
             model = load_model(model)
+        if keras_adapter.is_keras2_model(model):
+            raise TypeError(
+                f"this {type(model).__name__} is a Keras 2 (tf_keras / tf.keras 2.x) model; "
+                "tf_lrp explains Keras 3 models. Fix: save it as .h5 with Keras 2 "
+                "(model.save('model.h5')) and load that file with tf_lrp.load_model('model.h5')"
+            )
         if not isinstance(model, keras.Model):
             raise TypeError(
                 f"expected a keras.Model or a path to a model file, got {type(model).__name__}"
@@ -80,7 +85,8 @@ class BaseAnalyzer:
         self._output_key = self._select_output(output)
         out_shape = self.graph.shapes.get(self._output_key, (None,))[1:]
         self.num_outputs = math.prod(out_shape) if all(d is not None for d in out_shape) else None
-        self._nonnegative = self._sign_analysis()
+        self._ranges = plan.value_ranges(self.graph)
+        self._nonnegative = {k: r[0] >= 0.0 for k, r in self._ranges.items()}
         specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
                                                                 self.graph.input_dtypes)]
         self._explain_fn = _traced(self._explain, [specs, tf.TensorSpec([None], tf.int32)],
@@ -105,21 +111,6 @@ class BaseAnalyzer:
         if not 0 <= int(output) < len(outs):
             raise InputError(f"output={output} is out of range: the model has {len(outs)} output(s)")
         return outs[int(output)]
-
-    def _sign_analysis(self) -> dict[int, bool]:
-        """Which tensors are statically known to be >= 0 (so x- terms vanish)."""
-        nonneg = dict.fromkeys(self.graph.inputs, False)
-        for node in self.graph.nodes:
-            ins = [nonneg.get(k, False) for k in node.inputs]
-            if node.kind == "activation":
-                value = lrp_layers.is_nonnegative_activation(node.layer)
-            elif node.linear is not None:
-                value = False
-            else:
-                value = lrp_layers.nonnegative_output(node.layer, ins)
-            for k in node.outputs:
-                nonneg[k] = value
-        return nonneg
 
     # ---------------------------------------------------------------- traced parts
     def _forward(self, xs: Sequence[Tensor]) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
@@ -344,37 +335,20 @@ class Analyzer(BaseAnalyzer):
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
         if relevance_filter is not None and not 0 < relevance_filter <= 1:
             raise ValueError(f"relevance_filter must be in (0, 1] or None, got {relevance_filter!r}")
-        self.composite = _as_composite(composite, composite_kwargs)
+        self.composite = composites.as_composite(composite, composite_kwargs)
         self.start = start
         self.relevance_filter = relevance_filter
         super().__init__(model, output=output, batch_size=batch_size, jit_compile=jit_compile)
         self.rules = self._assign_rules()
+        self._silent = plan.silent_negatives(self.graph, self.rules)
+        self._chains = plan.input_chains(self.graph)
         self._recompute = self._recompute_plan()
         self._layerwise_fn = None
 
     def _assign_rules(self) -> dict[str, lrp_rules.Rule]:
-        fixed = {lrp_layers.PASS: lrp_rules.Pass(), lrp_layers.ROUTE: lrp_rules.Route(),
-                 lrp_layers.PROPORTIONAL: lrp_rules.Zero()}
-        after_weights = dict.fromkeys(self.graph.inputs, False)
-        assigned, problems = {}, []
-        for node in self.graph.nodes:
-            weighted = node.linear is not None
-            first = weighted and not any(after_weights.get(k, False) for k in node.inputs)
-            for k in node.outputs:
-                after_weights[k] = weighted or any(after_weights.get(k2, False) for k2 in node.inputs)
-            if node.kind == "activation":
-                assigned[node.name] = fixed[lrp_layers.PASS]
-                continue
-            rule = self.composite.rule_for(node.layer, first=first, weighted=weighted)
-            if rule is None and not weighted:
-                kind = lrp_layers.fixed_handling(node.layer)
-                rule = fixed.get(kind)
-            if rule is None:
-                problems.append(node)
-            else:
-                assigned[node.name] = rule
+        assigned, problems = plan.assign_rules(self.graph, self.composite, self._ranges)
         if problems:
-            raise UnsupportedLayerError(_unsupported_message(problems, self.composite))
+            raise UnsupportedLayerError(plan.unsupported_message(problems, self.composite))
         return assigned
 
     def _recompute_plan(self) -> dict[int, Node]:
@@ -390,8 +364,9 @@ class Analyzer(BaseAnalyzer):
         anchored = set(self.graph.inputs)  # kept, or recomputed from what is kept
         plan: dict[int, Node] = {}
         for node in self.graph.nodes:
-            cheap = node.linear is None and (node.kind == "activation"
-                                             or lrp_layers.fixed_handling(node.layer) is not None)
+            cheap = node.linear is None and (
+                node.kind == "activation" or weightless.handling(node.layer, len(node.inputs))
+                in (weightless.PASS, weightless.ROUTE, weightless.PROPORTIONAL))
             if cheap and len(node.inputs) == 1 and node.inputs[0] in anchored:
                 recompute = True
             elif self.rules[node.name].reads_output(
@@ -426,6 +401,24 @@ class Analyzer(BaseAnalyzer):
                 ins = [self._value(k, values, z0s, memo) for k in node.inputs]
                 memo.update(zip(node.outputs, node.call(ins)))
         return memo[key]
+
+    def _input_bounds(self, node: Node, values: dict):
+        """``(low, high) -> (low', high')``: bounds in the model's input space mapped onto
+        ``node``'s input through the layers without weights in front of it (``None``: the node
+        is not reached from one model input that way, and bounds are taken as given)."""
+        chain = self._chains.get(node.name)
+        if chain is None:
+            return None
+        key, path = chain
+
+        def input_bounds(low, high):
+            x = values[key]
+            ends = [tf.broadcast_to(tf.cast(v, x.dtype), tf.shape(x)) for v in (low, high)]
+            for n in path:
+                ends = [n.call([e])[0] for e in ends]
+            return tf.minimum(*ends), tf.maximum(*ends)
+
+        return input_bounds
 
     def rule_table(self) -> list[tuple[str, str, str]]:
         """``(node name, layer class, rule)`` for every node, in forward order."""
@@ -481,7 +474,11 @@ class Analyzer(BaseAnalyzer):
                     [self._value(k, values, z0s, memo) for k in node.outputs],
                     r_out, [self._nonnegative.get(k, False) for k in node.inputs],
                     *((linear.kernels(), self._bias(node, memo), z0s[node.name]) if linear
-                      else ()),
+                      else (None, None, None)),
+                    gates=[weightless.is_gate(self._ranges.get(k, weightless.UNKNOWN))
+                           for k in node.inputs],
+                    negative_silent=node.name in self._silent,
+                    input_bounds=self._input_bounds(node, values),
                 )
                 r_in = self.rules[node.name](ctx)
             for k, r in zip(node.inputs, r_in):
@@ -512,37 +509,3 @@ class Analyzer(BaseAnalyzer):
         t = self._targets(target, xs[0].shape[0])
         xs = [tf.convert_to_tensor(a) for a in xs]
         return {k: v.numpy() for k, v in self._layerwise_fn(xs, tf.constant(t)).items()}
-
-
-def _as_composite(composite, kwargs) -> composites.Composite:
-    if composite is None:
-        composite = composites.EpsilonPlus()
-    elif isinstance(composite, str):
-        composite = composites.get(composite, **kwargs)
-        kwargs = {}
-    elif isinstance(composite, lrp_rules.Rule):
-        composite = composites.LayerMap(default=composite)
-    if kwargs:
-        raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (they only go with a "
-                        "composite given by name)")
-    if not isinstance(composite, composites.Composite):
-        raise TypeError(f"expected a composite, a rule or a composite name, got {composite!r}")
-    return composite
-
-
-def _unsupported_message(nodes: list[Node], composite) -> str:
-    lines = []
-    for node in nodes:
-        cls = type(node.layer)
-        what = "has weights but no rule in the composite" if node.linear is not None else \
-            "is not a layer type tf_lrp knows"
-        lines.append(f"  - layer {node.name!r} of class {cls.__module__}.{cls.__name__} {what}")
-    return (
-        "cannot explain this model: no LRP rule for\n" + "\n".join(lines) + "\n"
-        "Supported without configuration: Dense, Conv1D/2D/3D, Conv*Transpose, DepthwiseConv1D/2D, "
-        "SeparableConv1D/2D, BatchNormalization, activations (ReLU, LeakyReLU, Activation, ...), "
-        "pooling, Add, Average, Concatenate, Flatten, Reshape, Permute, Dropout, padding, cropping.\n"
-        "Fix: map a rule to the class, e.g. Analyzer(model, composites.LayerMap([(MyLayer, "
-        f"rules.Pass())], default=rules.Epsilon())) (current composite: {composite!r}); for a "
-        "custom linear layer with weights, also describe it with tf_lrp.layers.register_linear."
-    )

@@ -10,7 +10,10 @@ They run in this order (:func:`canonize`):
 4. :func:`fold_batchnorm`: a BatchNormalization whose input comes only from a kernel layer with a
    linear activation is folded into that kernel, ``W' = W * s``, ``b' = (b - mean) * s + beta``
    with ``s = gamma / sqrt(var + eps)``. The fold is computed from the live variables inside the
-   traced function, so it follows a model that keeps training.
+   traced function, so it follows a model that keeps training. A BatchNormalization that
+   cannot be folded stays an elementwise affine layer (relevance passes it).
+5. :func:`linearize_normalizations`: LayerNormalization, GroupNormalization and
+   UnitNormalization compute the same output with their normalizing scale held constant.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import warnings
 from keras import layers as kl
 
 from tf_lrp import layers as lrp_layers
+from tf_lrp import weightless
 from tf_lrp.graph import Graph, Node
 
 
@@ -76,7 +80,7 @@ def strip_softmax(graph: Graph) -> Graph:
     producer = graph.producer()
     for i, out in enumerate(graph.outputs):
         node = producer.get(out)
-        if node is None or not lrp_layers.is_softmax(node.layer):
+        if node is None or not weightless.is_softmax(node.layer):
             continue
         warnings.warn(
             f"The output {graph.output_names[i]!r} ends in a softmax ({node.name}); tf_lrp "
@@ -135,9 +139,21 @@ def _folded(linear, bn_layer):
     return dataclasses.replace(linear, kernels=folded_kernels, bias=folded_bias)
 
 
+def linearize_normalizations(graph: Graph) -> Graph:
+    """Hold the normalizing scale of LayerNormalization, GroupNormalization and
+    UnitNormalization constant (``tf.stop_gradient``): the same output, and a vector-Jacobian
+    product that is the transpose of the linear map ``x -> gamma (x - mean) / sigma + beta``."""
+    for node in graph.nodes:
+        fn = lrp_layers.linearized_normalization(node.layer) if node.kind == "layer" else None
+        if fn is not None:
+            node.call = lambda values, fn=fn: [fn(values[0])]
+    return graph
+
+
 def canonize(graph: Graph) -> Graph:
     """Run every canonizer in order (see the module docstring)."""
-    for step in (attach_linear_parts, split_activations, strip_softmax, fold_batchnorm):
+    for step in (attach_linear_parts, split_activations, strip_softmax, fold_batchnorm,
+                 linearize_normalizations):
         graph = step(graph)
     return graph
 
@@ -146,6 +162,7 @@ __all__ = [
     "attach_linear_parts",
     "canonize",
     "fold_batchnorm",
+    "linearize_normalizations",
     "split_activations",
     "strip_softmax",
 ]

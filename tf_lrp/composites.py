@@ -49,14 +49,31 @@ class Composite:
         raise NotImplementedError
 
 
+def _matches(layer, key) -> bool:
+    """Whether ``key`` (a class, a tuple of classes, a layer name or a class name) names ``layer``."""
+    if isinstance(key, str):
+        return key in (getattr(layer, "name", None), type(layer).__name__)
+    if isinstance(key, tuple) and any(isinstance(k, str) for k in key):
+        return any(_matches(layer, k) for k in key)
+    return isinstance(layer, key)
+
+
+def _key_text(key) -> str:
+    keys = key if isinstance(key, tuple) else (key,)
+    return "/".join(k if isinstance(k, str) else k.__name__ for k in keys)
+
+
 class LayerMap(Composite):
-    """Map layer classes to rules.
+    """Map layer classes (or layer names) to rules.
 
     Parameters
     ----------
     mapping
-        ``[(layer class or tuple of classes, rule), ...]``; the first match wins. A user maps
-        their own rule to their own layer class here.
+        ``[(key, rule), ...]``; the first match wins. A key is a layer class, a tuple of
+        classes, or a string: the name of one layer (``"conv1"``) or of a layer class
+        (``"Multiply"``; also matches Keras op nodes such as ``x * y`` by their class name). A
+        user maps their own rule to their own layer class here. A rule mapped to a layer
+        without weights replaces its fixed handling.
     default
         The rule of any other layer with weights (``None``: such a layer is an error).
     first
@@ -79,17 +96,39 @@ class LayerMap(Composite):
     def rule_for(self, layer, *, first: bool, weighted: bool) -> Rule | None:
         if first and weighted and self.first is not None:
             return self.first
-        for classes, rule in self.mapping:
-            if isinstance(layer, classes):
+        for key, rule in self.mapping:
+            if _matches(layer, key):
                 return rule
         return self.default if weighted else None
 
     def __repr__(self) -> str:
-        items = ", ".join(
-            f"{'/'.join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))}: {r!r}"
-            for cls, r in self.mapping
-        )
+        items = ", ".join(f"{_key_text(key)}: {r!r}" for key, r in self.mapping)
         return f"{type(self).__name__}(first={self.first!r}, [{items}], default={self.default!r})"
+
+
+class Overrides(Composite):
+    """A composite with some layers mapped to other rules (the command line's ``--rule``).
+
+    Parameters
+    ----------
+    base
+        The composite that decides for every layer not in ``mapping``.
+    mapping
+        ``[(key, rule), ...]`` as in :class:`LayerMap`; checked first, also for first layers.
+    """
+
+    def __init__(self, base: Composite, mapping: Sequence[tuple[object, Rule]]):
+        self.base = base
+        self.overrides = LayerMap(mapping)
+
+    def rule_for(self, layer, *, first: bool, weighted: bool) -> Rule | None:
+        rule = self.overrides.rule_for(layer, first=False, weighted=False)
+        return rule if rule is not None else self.base.rule_for(layer, first=first,
+                                                                weighted=weighted)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{_key_text(key)}: {r!r}" for key, r in self.overrides.mapping)
+        return f"{self.base!r} with [{items}]"
 
 
 _REGISTRY: dict[str, type[Composite]] = {}
@@ -192,3 +231,25 @@ class DeepTaylor(LayerMap):
 
     def __init__(self, low=-1.0, high=1.0):
         super().__init__(default=rules.ZPlus(), first=rules.ZBox(low, high))
+
+
+def as_composite(composite, kwargs: dict | None = None) -> Composite:
+    """A composite from what :class:`tf_lrp.Analyzer` accepts.
+
+    ``None`` is :class:`EpsilonPlus`; a :class:`~tf_lrp.rules.Rule` applies to every layer with
+    weights; a name is looked up with :func:`get` (``kwargs`` go to it).
+    """
+    kwargs = dict(kwargs or {})
+    if composite is None:
+        composite = EpsilonPlus()
+    elif isinstance(composite, str):
+        composite = get(composite, **kwargs)
+        kwargs = {}
+    elif isinstance(composite, rules.Rule):
+        composite = LayerMap(default=composite)
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (they only go with a "
+                        "composite given by name)")
+    if not isinstance(composite, Composite):
+        raise TypeError(f"expected a composite, a rule or a composite name, got {composite!r}")
+    return composite

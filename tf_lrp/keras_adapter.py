@@ -64,6 +64,48 @@ def tensor_name(kt) -> str:
     return op.name if op is not None else kt.name
 
 
+# ------------------------------------------------------------------ operation classes
+def op_classes(*names: str) -> tuple[type, ...]:
+    """Keras 3 operation classes by name (``"Add"``, ``"Relu"``, ...).
+
+    ``x + y`` on symbolic tensors records a node whose operation is an instance of a private
+    class (``keras.src.ops.numpy.Add``); these are looked up in ``keras.src.ops.numpy``,
+    ``keras.src.ops.nn`` and ``keras.src.ops.core``. Names a Keras version lacks are skipped.
+    """
+    from keras.src.ops import core, nn, numpy
+
+    found = []
+    for name in names:
+        for module in (numpy, nn, core):
+            cls = getattr(module, name, None)
+            if isinstance(cls, type):
+                found.append(cls)
+                break
+    return tuple(found)
+
+
+def application_layer_classes(*names: str) -> tuple[type, ...]:
+    """Layer classes that ``keras.applications`` defines privately (``CustomScaleLayer``, ...)."""
+    import importlib
+
+    found = []
+    for module_name in ("inception_resnet_v2", "convnext", "efficientnet_v2", "mobilenet_v3"):
+        try:
+            module = importlib.import_module(f"keras.src.applications.{module_name}")
+        except ImportError:  # pragma: no cover - depends on the Keras version
+            continue
+        found += [getattr(module, n) for n in names if isinstance(getattr(module, n, None), type)]
+    return tuple(dict.fromkeys(found))
+
+
+def is_keras2_model(obj) -> bool:
+    """Whether ``obj`` is a Keras 2 (``tf_keras`` / ``tf.keras`` 2.x) model object."""
+    module = type(obj).__module__
+    return module.startswith(("tf_keras.", "keras.engine.", "keras.src.engine.")) or any(
+        c.__module__.startswith("tf_keras.") for c in type(obj).__mro__
+    )
+
+
 # ------------------------------------------------------------------ legacy .h5 files
 def decode_legacy_config(text: str) -> Any:
     """Parse the JSON ``model_config`` of a legacy ``.h5`` file as Keras does (``ValueError``)."""

@@ -1,15 +1,16 @@
-"""What tf_lrp knows about Keras layer types.
+"""What tf_lrp knows about Keras layers with weights.
 
-Two tables live here:
-
-* the **linear part** of every layer with weights (Dense, convolutions, BatchNormalization): a
+* The **linear part** of every layer with weights (Dense, convolutions, BatchNormalization): a
   function ``apply(x, kernels)`` that computes the layer's pre-activation without bias, the live
   kernels and bias, and how a per-output-channel scale folds into the kernels. Rules modify the
-  kernels and call ``apply`` again, so a rule never needs to know the layer type;
-* the **fixed handling** of layers without weights (activations pass, pooling and ``Add``
-  redistribute in proportion, reshapes route), and which layers keep their input's sign.
+  kernels and call ``apply`` again, so a rule never needs to know the layer type. A layer made
+  of several kernels (separable convolutions) is described by its **effective** kernel.
+* The **linearized forward** of normalization layers (LayerNormalization, GroupNormalization,
+  UnitNormalization): the same output, with the normalizing scale held constant, so that the
+  centering and the affine part are a linear map (AttnLRP, Achtibat et al. 2024, Prop. 3.4).
 
-Users add their own linear layers with :func:`register_linear`.
+Users add their own linear layers with :func:`register_linear`. Layers without weights are
+described in :mod:`tf_lrp.weightless`.
 """
 
 from __future__ import annotations
@@ -102,12 +103,12 @@ def _bias_getter(layer) -> Callable[[], Tensor | None]:
     return bias
 
 
-def _kernel_layer(layer, apply, scale_output=_scale_last, kernels=("kernel",),
+def _kernel_layer(layer, apply, scale_output=_scale_last, kernels=None,
                   input_axis: int | None = None) -> Linear:
-    """The :class:`Linear` of a Keras layer whose kernels are attributes named ``kernels``."""
+    """The :class:`Linear` of a Keras layer: its ``kernel`` attribute, or ``kernels()``."""
     return Linear(
         layer=layer,
-        kernels=lambda: [tf.convert_to_tensor(getattr(layer, name)) for name in kernels],
+        kernels=kernels or (lambda: [tf.convert_to_tensor(layer.kernel)]),
         bias=_bias_getter(layer),
         apply=apply,
         scale_output=scale_output,
@@ -121,7 +122,8 @@ def _dense(layer: kl.Dense) -> Linear:
     return _kernel_layer(layer, lambda x, k: ops.matmul(x, k[0]), input_axis=0)
 
 
-def _conv(layer) -> Linear:
+def _conv_apply(layer) -> Callable[[Tensor, Sequence[Tensor]], Tensor]:
+    """``apply(x, [kernel])``: the convolution ``layer`` computes, with a given full kernel."""
     padding = layer.padding
 
     def apply(x, k):
@@ -142,7 +144,14 @@ def _conv(layer) -> Linear:
             data_format=layer.data_format,
         )
 
-    return _kernel_layer(layer, apply, input_axis=-2)  # kernel (*window, in, out)
+    return apply
+
+
+def _conv(layer) -> Linear:
+    # kernel (*window, in / groups, out); with groups > 1 the input channels are split into
+    # groups, so inputs stacked on the channel axis would mix groups: no fused terms
+    grouped = int(getattr(layer, "groups", 1) or 1) > 1
+    return _kernel_layer(layer, _conv_apply(layer), input_axis=None if grouped else -2)
 
 
 def _conv_transpose(layer) -> Linear:
@@ -181,19 +190,32 @@ def _depthwise(layer) -> Linear:
     return _kernel_layer(layer, apply, scale_output)
 
 
-def _separable(layer) -> Linear:
-    def apply(x, k):
-        return ops.separable_conv(
-            x,
-            k[0],
-            k[1],
-            strides=layer.strides,
-            padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
+def separable_kernel(depthwise: Tensor, pointwise: Tensor) -> Tensor:
+    """The one kernel of a separable convolution: ``K[..., c, o] = sum_m D[..., c, m] P[c*M + m, o]``.
 
-    return _kernel_layer(layer, apply, kernels=("depthwise_kernel", "pointwise_kernel"))
+    ``depthwise`` is ``(*window, C, M)`` (depthwise output channel ``c*M + m``), ``pointwise``
+    ``(1, ..., C*M, O)``. The depthwise and the 1x1 pointwise convolution have no
+    nonlinearity between them, so the layer is the convolution with ``K``.
+    """
+    c, m = depthwise.shape[-2], depthwise.shape[-1]
+    p = tf.reshape(pointwise, (c, m, pointwise.shape[-1]))
+    return tf.einsum("...cm,cmo->...co", depthwise, p)
+
+
+def _separable(layer) -> Linear:
+    """SeparableConv1D/2D as its **effective linear map**: one convolution with the combined kernel.
+
+    Rules modify that kernel (``w+`` of a product of kernels is not the product of their
+    ``w+``), so a separable layer explains exactly like the Conv layer holding
+    :func:`separable_kernel`. The forward pass costs a full convolution instead of a separable
+    one.
+    """
+
+    def kernels():
+        return [separable_kernel(tf.convert_to_tensor(layer.depthwise_kernel),
+                                 tf.convert_to_tensor(layer.pointwise_kernel))]
+
+    return _kernel_layer(layer, _conv_apply(layer), kernels=kernels, input_axis=-2)
 
 
 def batchnorm_affine(layer: kl.BatchNormalization) -> tuple[Tensor, Tensor]:
@@ -272,93 +294,82 @@ def linear_part(layer) -> Linear | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Layers without weights
+# Normalization layers: the normalizing scale held constant
 
-PASS = "pass"  # relevance passes unchanged (activations)
-ROUTE = "route"  # relevance follows the ordinary gradient (max pooling winner, reshapes, concat)
-PROPORTIONAL = "proportional"  # LRP-0 in proportion to the inputs (average pooling, Add)
 
-_ACTIVATIONS = (kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl.Softmax)
-_DROPOUT = (kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D)
-_NOISE = (kl.GaussianNoise, kl.GaussianDropout, kl.AlphaDropout, kl.ActivityRegularization)
-_MAX_POOLING = (
-    kl.MaxPooling1D, kl.MaxPooling2D, kl.MaxPooling3D,
-    kl.GlobalMaxPooling1D, kl.GlobalMaxPooling2D, kl.GlobalMaxPooling3D,
-)
-_RESHAPING = (
-    kl.Flatten, kl.Reshape, kl.Permute, kl.RepeatVector, kl.Concatenate,
-    kl.ZeroPadding1D, kl.ZeroPadding2D, kl.ZeroPadding3D,
-    kl.Cropping1D, kl.Cropping2D, kl.Cropping3D,
-)
-_AVERAGING = (
-    kl.AveragePooling1D, kl.AveragePooling2D, kl.AveragePooling3D,
-    kl.GlobalAveragePooling1D, kl.GlobalAveragePooling2D, kl.GlobalAveragePooling3D,
-    kl.Add, kl.Average,
-)
+def _broadcast(v, rank: int, axes: Sequence[int], dims: Sequence[int]) -> Tensor:
+    shape = [1] * rank
+    for a, d in zip(axes, dims):
+        shape[a] = d
+    return tf.reshape(tf.convert_to_tensor(v), shape)
 
-_FIXED: list[tuple[tuple[type, ...], str]] = [
-    (_ACTIVATIONS, PASS),
-    (_DROPOUT + _NOISE + _MAX_POOLING + _RESHAPING + (kl.InputLayer,), ROUTE),
-    (_AVERAGING, PROPORTIONAL),
+
+def _layer_norm(layer: kl.LayerNormalization) -> Callable[[Tensor], Tensor]:
+    def call(x):
+        rank = len(x.shape)
+        axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
+                                          else [layer.axis]))
+        dims = [x.shape[a] for a in axes]
+        if layer.rms_scaling:
+            scale = tf.math.rsqrt(tf.reduce_mean(tf.square(x), axes, keepdims=True) + layer.epsilon)
+            y = x * tf.stop_gradient(scale)
+        else:
+            mean, var = tf.nn.moments(x, axes, keepdims=True)
+            y = (x - mean) * tf.stop_gradient(tf.math.rsqrt(var + layer.epsilon))
+        if layer.gamma is not None:
+            y = y * _broadcast(layer.gamma, rank, axes, dims)
+        if layer.beta is not None and not layer.rms_scaling:
+            y = y + _broadcast(layer.beta, rank, axes, dims)
+        return y
+
+    return call
+
+
+def _group_norm(layer: kl.GroupNormalization) -> Callable[[Tensor], Tensor]:
+    def call(x):
+        rank = len(x.shape)
+        axis = layer.axis % rank
+        shape = tf.shape(x)
+        grouped = tf.concat([shape[:axis], [layer.groups, x.shape[axis] // layer.groups],
+                             shape[axis + 1:]], 0)
+        g = tf.reshape(x, grouped)
+        reduce = [a for a in range(1, rank + 1) if a != axis]  # all but batch and group
+        mean, var = tf.nn.moments(g, reduce, keepdims=True)
+        y = tf.reshape((g - mean) * tf.stop_gradient(tf.math.rsqrt(var + layer.epsilon)), shape)
+        if layer.gamma is not None:
+            y = y * _broadcast(layer.gamma, rank, [axis], [x.shape[axis]])
+        if layer.beta is not None:
+            y = y + _broadcast(layer.beta, rank, [axis], [x.shape[axis]])
+        return y
+
+    return call
+
+
+def _unit_norm(layer: kl.UnitNormalization) -> Callable[[Tensor], Tensor]:
+    def call(x):
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        square = tf.reduce_sum(tf.square(x), axes, keepdims=True)
+        return x * tf.stop_gradient(tf.math.rsqrt(tf.maximum(square, 1e-24)))
+
+    return call
+
+
+_NORMALIZATIONS: list[tuple[type, Callable]] = [
+    (kl.LayerNormalization, _layer_norm),
+    (kl.GroupNormalization, _group_norm),
+    (kl.UnitNormalization, _unit_norm),
 ]
 
-_NONNEGATIVE_ACTIVATIONS = {
-    "relu",
-    "relu6",
-    "sigmoid",
-    "softmax",
-    "softplus",
-    "hard_sigmoid",
-    "exponential",
-}
 
-# layers whose output is non-negative whenever all their inputs are
-_SIGN_PRESERVING = _DROPOUT + _MAX_POOLING + _AVERAGING + _RESHAPING
+def linearized_normalization(layer) -> Callable[[Tensor], Tensor] | None:
+    """``layer``'s forward with its normalizing scale ``1/sigma`` under ``tf.stop_gradient``.
 
-
-def fixed_handling(layer) -> str | None:
-    """``PASS``, ``ROUTE`` or ``PROPORTIONAL`` for a known layer without weights, else ``None``."""
-    for classes, kind in _FIXED:
-        if isinstance(layer, classes):
-            return kind
+    Returns ``None`` for layers that are not LayerNormalization, GroupNormalization or
+    UnitNormalization. The output is the layer's own (up to float rounding); its
+    vector-Jacobian product is that of the linear map ``x -> gamma (x - mean(x)) / sigma + beta``
+    with ``sigma`` fixed at its forward value.
+    """
+    for cls, factory in _NORMALIZATIONS:
+        if isinstance(layer, cls):
+            return factory(layer)
     return None
-
-
-def activation_name(fn) -> str | None:
-    """The registered name of an activation function (``"relu"``, ...) or ``None``."""
-    if fn is None:
-        return None
-    if isinstance(fn, str):
-        return fn
-    try:
-        name = keras.activations.serialize(fn)
-    except Exception:  # custom callables
-        return getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else getattr(fn, "__name__", None)
-
-
-def is_nonnegative_activation(fn) -> bool:
-    """Whether an activation function's output is always >= 0 (relu, sigmoid, softmax, ...)."""
-    return activation_name(fn) in _NONNEGATIVE_ACTIVATIONS
-
-
-def nonnegative_output(layer, inputs_nonnegative: Sequence[bool]) -> bool:
-    """Whether ``layer``'s output is known to be >= 0, given which of its inputs are."""
-    if isinstance(layer, kl.ReLU):
-        slope = float(layer.negative_slope or 0.0)
-        return slope == 0.0 and float(layer.threshold or 0.0) >= 0.0
-    if isinstance(layer, kl.Softmax):
-        return True
-    if isinstance(layer, kl.Activation):
-        return is_nonnegative_activation(layer.activation)
-    if isinstance(layer, _SIGN_PRESERVING):
-        return bool(inputs_nonnegative) and all(inputs_nonnegative)
-    return False
-
-
-def is_softmax(layer_or_fn) -> bool:
-    """Whether a layer (``Softmax``, ``Activation("softmax")``) or function is a softmax."""
-    if isinstance(layer_or_fn, kl.Softmax):
-        return True
-    fn = layer_or_fn.activation if isinstance(layer_or_fn, kl.Activation) else layer_or_fn
-    return activation_name(fn) == "softmax"

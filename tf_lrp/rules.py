@@ -55,11 +55,16 @@ def ones(x: Tensor, nonnegative: bool = False) -> Tensor:
     return tf.ones_like(x)
 
 
+ones.multiplies_input = False
+
+
 def bound(value) -> InputModifier:
     """The input replaced by ``-value`` broadcast to its shape (the z^B bound terms)."""
 
     def modifier(x: Tensor, nonnegative: bool = False) -> Tensor:
         return -tf.broadcast_to(tf.cast(value, x.dtype), tf.shape(x))
+
+    modifier.multiplies_input = False
 
     return modifier
 
@@ -110,12 +115,16 @@ class Group:
     """Terms that share one denominator; their input relevance is scaled by ``coefficient``.
 
     ``bias`` modifies the bias added to the denominator; ``None`` leaves the bias out.
+    ``where`` restricts the group to the outputs whose own value ``z`` (with bias) is
+    ``"positive"`` (``z >= 0``) or ``"negative"`` (``z < 0``); relevance at the other outputs
+    does not enter it. ``None``: every output.
     """
 
     terms: tuple[Term, ...]
     bias: WeightModifier | None = None
     stabilizer: float = 0.0
     coefficient: float = 1.0
+    where: str | None = None
 
 
 @dataclass
@@ -135,6 +144,14 @@ class Context:
     kernels, bias, z0
         For a linear node: its kernels and bias (read again in the backward pass) and the
         forward's ``z`` without bias.
+    gates
+        Per input, whether it is statically known to be a gate (values in [0, 1]).
+    negative_silent
+        Whether relevance at this node's output is statically known to be zero wherever the
+        output is negative (a ReLU follows, and relevance above it vanishes with the value).
+    input_bounds
+        ``input_bounds(low, high) -> (low', high')`` maps bounds given in the model's input
+        space to this node's input (through preprocessing layers such as ``Rescaling``).
     """
 
     node: object
@@ -145,6 +162,9 @@ class Context:
     kernels: list[Tensor] | None = None
     bias: Tensor | None = None
     z0: Tensor | None = None
+    gates: list[bool] | None = None
+    negative_silent: bool = False
+    input_bounds: Callable | None = None
 
     def gradient(self, upstream: Sequence[Tensor]) -> list[Tensor]:
         """Vector-Jacobian product of this node's operation with ``upstream`` (one per output)."""
@@ -271,10 +291,16 @@ def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
     group's products are alive at a time (VGG-16 alpha-beta peak memory 1.87x -> 1.30x that of
     the gradient).
     """
-    relevance = ctx.relevance[0]
     cache: dict = {}
     staged = []
     for group in groups:
+        if group.where == "negative" and ctx.negative_silent:
+            continue  # no relevance arrives where z < 0
+        relevance = ctx.relevance[0]
+        if group.where is not None and not ctx.negative_silent:
+            z_out = ctx.outputs[0]
+            mask = z_out >= 0 if group.where == "positive" else z_out < 0
+            relevance = tf.where(mask, relevance, tf.zeros_like(relevance))
         parts = _group_forward(ctx, group, cache)
         if not parts:
             continue
@@ -325,9 +351,39 @@ class Rule:
         """
         return False
 
+    def check(self, node, facts: Facts) -> str | None:
+        """Why this rule cannot explain ``node`` (``None`` if it can).
+
+        The analyzer asks every rule when it is built, so that a rule mapped to a layer it does
+        not fit is refused then, with this reason, rather than at the first call.
+        """
+        return None
+
+    #: How the relevance this rule gives an input relates to the input's zeros (for the
+    #: analyzer's static analysis): ``"always"`` zero where the input is zero, ``"relay"`` zero
+    #: wherever the output and its relevance are zero, ``"unknown"`` otherwise.
+    zeros: str = "unknown"
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+@dataclass
+class Facts:
+    """What the analyzer knows of a node before tracing (see :meth:`Rule.check`).
+
+    Attributes
+    ----------
+    input_shapes, output_shapes
+        Static shapes without the batch axis (``None`` for unknown sizes).
+    gates
+        Per input, whether it is known to be a gate (values in [0, 1]).
+    """
+
+    input_shapes: list[tuple]
+    output_shapes: list[tuple]
+    gates: list[bool]
 
 
 class BasicRule(Rule):
@@ -341,6 +397,21 @@ class BasicRule(Rule):
 
     def __call__(self, ctx: Context) -> list[Tensor]:
         return propagate(ctx, self.groups())
+
+    @property
+    def zeros(self) -> str:
+        multiplies = all(getattr(t.input, "multiplies_input", True)
+                         for g in self.groups() for t in g.terms)
+        return "always" if multiplies else "unknown"
+
+    def check(self, node, facts: Facts) -> str | None:
+        if node.linear is None and any(t.weight is not None for g in self.groups()
+                                       for t in g.terms):
+            return (f"{self!r} modifies weights, and this layer has none; map a rule without "
+                    "weight modifiers (rules.Epsilon, rules.Zero, rules.Pass) to it")
+        if len(facts.output_shapes) != 1:
+            return f"{self!r} needs a layer with one output"
+        return None
 
 
 class Epsilon(BasicRule):
@@ -374,14 +445,20 @@ class Zero(Epsilon):
 
 
 class Gamma(BasicRule):
-    """LRP-gamma: favour positive contributions.
+    """LRP-gamma, generalized to signed inputs and outputs (Andeol et al. 2021).
 
-    Positive inputs are paired with ``w + gamma w+``, negative inputs with ``w + gamma w-``
-    (both are the contributions that push ``z`` up), the bias is ``b + gamma b+``:
-    ``z_k = sum_j a+_j (w + gamma w+)_jk + a-_j (w + gamma w-)_jk + (b + gamma b+)_k`` and
-    ``R_j = a+_j sum_k (w + gamma w+)_jk s_k + a-_j sum_k (w + gamma w-)_jk s_k`` with
-    ``s = R / (z + stabilizer * sign+(z))``. For non-negative inputs this is the usual
-    ``rho(w) = w + gamma w+``.
+    Contributions that push ``z`` away from zero are amplified, so the denominator has the
+    sign of ``z`` and ``|d| >= |z|`` (it never crosses zero). With ``up(w) = w + gamma w+``
+    and ``down(w) = w + gamma w-``:
+
+    - outputs with ``z >= 0``: ``d+ = x+ up(w) + x- down(w) + up(b)``,
+      ``R_j = x+_j sum_k up(w)_jk s_k + x-_j sum_k down(w)_jk s_k``, ``s = R / d+``;
+    - outputs with ``z < 0``: ``d- = x+ down(w) + x- up(w) + down(b)``,
+      ``R_j = x+_j sum_k down(w)_jk s_k + x-_j sum_k up(w)_jk s_k``, ``s = R / d-``,
+
+    each stabilised by ``stabilizer * sign(d)``. On non-negative inputs and positive outputs
+    this is the original rule, ``rho(w) = w + gamma w+``. Where relevance is known to vanish at
+    negative outputs (a ReLU follows), only the first half is computed.
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
@@ -390,8 +467,19 @@ class Gamma(BasicRule):
 
     def groups(self) -> list[Group]:
         g = self.gamma
-        up, down = (lambda w: w + g * plus(w)), (lambda w: w + g * minus(w))
-        return [Group((Term(positive, up), Term(negative, down)), up, self.stabilizer)]
+
+        def up(w):
+            return w + g * plus(w)
+
+        def down(w):
+            return w + g * minus(w)
+
+        return [
+            Group((Term(positive, up), Term(negative, down)), up, self.stabilizer,
+                  where="positive"),
+            Group((Term(positive, down), Term(negative, up)), down, self.stabilizer,
+                  where="negative"),
+        ]
 
 
 class AlphaBeta(BasicRule):
@@ -435,15 +523,24 @@ class ZBox(BasicRule):
     """LRP-z^B (bounded inputs, for the first layer).
 
     ``R_j = sum_k (a_j w_jk - l_j w+_jk - h_j w-_jk) / sum_j (...) * R_k``, no bias; ``low`` and
-    ``high`` are scalars or arrays broadcastable to the input.
+    ``high`` are scalars or arrays broadcastable to the input. The bounds are in the **model's**
+    input space: where elementwise or routing layers (``Rescaling``, ``Normalization``,
+    padding) stand between the model input and this layer, they are mapped through them.
     """
 
     def __init__(self, low=-1.0, high=1.0):
         super().__init__({"low": low, "high": high})
         self.low, self.high = low, high
 
-    def groups(self) -> list[Group]:
-        return [Group((Term(), Term(bound(self.low), plus), Term(bound(self.high), minus)))]
+    def groups(self, low=None, high=None) -> list[Group]:
+        low = self.low if low is None else low
+        high = self.high if high is None else high
+        return [Group((Term(), Term(bound(low), plus), Term(bound(high), minus)))]
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        low, high = (self.low, self.high) if ctx.input_bounds is None else \
+            ctx.input_bounds(self.low, self.high)
+        return propagate(ctx, self.groups(low, high))
 
 
 class WSquare(BasicRule):
@@ -463,20 +560,81 @@ class Flat(BasicRule):
 class Pass(Rule):
     """Relevance passes unchanged (activations; only where input and output shapes agree)."""
 
+    zeros = "relay"
+
     def __call__(self, ctx: Context) -> list[Tensor]:
-        if len(ctx.inputs) != 1 or ctx.inputs[0].shape[1:] != ctx.relevance[0].shape[1:]:
-            raise UnsupportedLayerError(
-                f"rules.Pass() was mapped to {ctx.node.name!r} ({type(ctx.node.layer).__name__}), "
-                "whose input and output shapes differ; Pass only fits shape-preserving layers."
-            )
         return list(ctx.relevance)
+
+    def check(self, node, facts: Facts) -> str | None:
+        if len(facts.input_shapes) != 1 or facts.input_shapes != facts.output_shapes:
+            return ("rules.Pass() only fits layers with one input of the output's shape; this "
+                    f"one maps {facts.input_shapes} to {facts.output_shapes}")
+        return None
 
 
 class Route(Rule):
     """Relevance follows the ordinary gradient: the winner of max pooling, reshapes, concatenation."""
 
+    zeros = "relay"
+
     def __call__(self, ctx: Context) -> list[Tensor]:
         return ctx.gradient(ctx.relevance)
+
+
+def _unbroadcast(r: Tensor, x: Tensor) -> Tensor:
+    """Relevance ``r`` of a broadcast product summed back onto the shape of factor ``x``."""
+    if r.shape == x.shape:
+        return r
+    return _vjp(lambda v: [tf.broadcast_to(v[0], tf.shape(r))], [x], [r])[0]
+
+
+class _Product(Rule):
+    zeros = "relay"
+
+    def receivers(self, gates: Sequence[bool]) -> list[bool]:
+        raise NotImplementedError
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        take = self.receivers(ctx.gates or [False] * len(ctx.inputs))
+        share = ctx.relevance[0] / float(sum(take))
+        return [_unbroadcast(share, x) if t else tf.zeros_like(x) for x, t in zip(ctx.inputs, take)]
+
+    def check(self, node, facts: Facts) -> str | None:
+        if len(facts.output_shapes) != 1:
+            return f"{self!r} needs a layer with one output"
+        return None
+
+
+class SignalTakesAll(_Product):
+    """A gated product ``y = gate * signal``: the signal gets all relevance, the gate none.
+
+    Arras et al. (2017), "Explaining recurrent neural network predictions in sentiment
+    analysis": the gate only decides how much of the signal passes. A gate is a factor whose
+    values are statically known to lie in [0, 1] (the output of a sigmoid, hard sigmoid or
+    softmax, also through scaling and pooling). Several signals share the relevance uniformly.
+    """
+
+    def receivers(self, gates: Sequence[bool]) -> list[bool]:
+        return [not g for g in gates]
+
+    def check(self, node, facts: Facts) -> str | None:
+        if all(facts.gates) or not any(facts.gates):
+            which = "every factor is" if all(facts.gates) else "no factor is known to be"
+            return (f"rules.SignalTakesAll() needs a product of a gate and a signal, but {which} "
+                    "a gate (values in [0, 1]: sigmoid, hard sigmoid, softmax); map "
+                    "rules.UniformProduct() to it instead")
+        return super().check(node, facts)
+
+
+class UniformProduct(_Product):
+    """A product of ``N`` factors: each gets ``R / N`` (AttnLRP, Achtibat et al. 2024, Prop. 3.2).
+
+    Conserves relevance; the share of a factor broadcast in the product is summed over the
+    broadcast axes.
+    """
+
+    def receivers(self, gates: Sequence[bool]) -> list[bool]:
+        return [True] * len(gates)
 
 
 #: The rules by snake_case name (used by :func:`tf_lrp.composites.get` and the CLI).
@@ -491,4 +649,6 @@ RULES: dict[str, type[Rule]] = {
     "flat": Flat,
     "pass": Pass,
     "route": Route,
+    "signal_takes_all": SignalTakesAll,
+    "uniform_product": UniformProduct,
 }
