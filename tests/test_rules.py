@@ -362,3 +362,88 @@ def test_alpha_beta_must_differ_by_one():
         rules.AlphaBeta(alpha=3, beta=1)
     with pytest.raises(ValueError):
         rules.AlphaBeta(alpha=1, beta=1)
+
+
+# ----------------------------------------------------------------------------- generalized gamma
+
+
+def _dense_model(kernel, bias=None, dtype="float64"):
+    kernel = np.asarray(kernel, dtype=dtype)
+    with default_dtype(dtype):
+        inp = keras.Input((kernel.shape[0],))
+        layer = L.Dense(kernel.shape[1], use_bias=bias is not None)
+        model = keras.Model(inp, layer(inp))
+    layer.set_weights([kernel] if bias is None else [kernel, np.asarray(bias, dtype)])
+    return model
+
+
+def test_gamma_negative_output_does_not_cross_zero():
+    """w = [1, -1.249], x = [1, 1]: z = -0.249. Pairing by input sign only divided by
+    x.(w + 0.25 w+) = 0.000750 and gave R = [-311, 311]; the negative output takes the pair that
+    amplifies negative contributions: d = 1 + 1.249 * (-1.25) = -0.56125."""
+    model = _dense_model([[1.0], [-1.249]])
+    x = np.array([[1.0, 1.0]])
+    r = tf_lrp.Analyzer(model, rules.Gamma(0.25, stabilizer=0.0))(x, target=0)
+    d = 1.0 - 1.249 * 1.25
+    np.testing.assert_allclose(r, [[-0.249 / d, -0.249 * (-1.249 * 1.25) / d]], rtol=1e-6)
+    np.testing.assert_allclose(r.sum(), -0.249, rtol=1e-6)  # conserves (no bias)
+    assert np.abs(r).max() < 1.0
+
+
+def test_gamma_signed_inputs_and_outputs_against_reference():
+    """Every combination of input sign and output sign, with a bias, gamma 0.7."""
+    rng = np.random.default_rng(3)
+    kernel, bias = rng.normal(size=(6, 5)), rng.normal(size=5)
+    model = _dense_model(kernel, bias)
+    x = rng.normal(size=(8, 6))
+    z = x @ kernel + bias
+    assert (z > 0).any() and (z < 0).any()
+    for target in range(5):
+        r = tf_lrp.Analyzer(model, rules.Gamma(0.7))(x, target=target)
+        start = ref.start_relevance(z, np.full(8, target))
+        ref.assert_relevance_close(r, ref.Gamma(0.7).relevance(ref.dense(kernel, bias), x, start))
+
+
+def test_gamma_is_the_original_rule_on_nonnegative_inputs_and_positive_outputs():
+    """rho(w) = w + gamma w+, bias b + gamma b+, written out."""
+    rng = np.random.default_rng(4)
+    kernel, bias = rng.normal(size=(6, 4)), np.abs(rng.normal(size=4))
+    x = np.abs(rng.normal(size=(5, 6)))
+    z = x @ kernel + bias
+    mask = z > 0
+    target = np.argmax(np.where(mask, z, -np.inf), axis=1)
+    g = 0.4
+    rho, rho_b = kernel + g * np.maximum(kernel, 0), bias + g * np.maximum(bias, 0)
+    denominator = x @ rho + rho_b
+    start = ref.start_relevance(z, target)
+    want = x * ((start / (denominator + 1e-6)) @ rho.T)
+    got = tf_lrp.Analyzer(_dense_model(kernel, bias), rules.Gamma(g))(x, target=target)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_gamma_on_a_residual_block_conserves_and_does_not_inflate():
+    """A residual Add sends relevance into convolution outputs that are negative (BN folded).
+    Bias-free, the generalized rule conserves per layer; the input-sign pairing did not."""
+    rng = np.random.default_rng(8)
+    with default_dtype("float64"):
+        inp = keras.Input((6, 6, 3))
+        h = L.ReLU()(L.Conv2D(4, 3, padding="same", use_bias=False)(inp))
+        branch = L.Conv2D(4, 3, padding="same", use_bias=False)(h)
+        branch = L.BatchNormalization(center=False)(branch)
+        out = L.ReLU()(L.Add()([h, branch]))
+        model = keras.Model(inp, L.Dense(2, use_bias=False)(L.Flatten()(out)))
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):  # gamma of both signs, mean 0: no bias
+            layer.set_weights([rng.normal(0, 1, 4), np.zeros(4), rng.uniform(0.5, 2, 4)])
+        elif layer.get_weights():
+            layer.set_weights([rng.normal(0, 1, w.shape) for w in layer.get_weights()])
+    x = rng.normal(size=(4, 6, 6, 3))
+    analyzer = tf_lrp.Analyzer(model, rules.Gamma(0.25, stabilizer=0.0))
+    layers = analyzer.layerwise(x, target=0)
+    logit = model(x).numpy()[:, 0]
+    assert (logit != 0).all()
+    cuts = ["input", model.layers[1].name, model.layers[-4].name]  # the first conv, the Add
+    for name in cuts:
+        np.testing.assert_allclose(layers[name].reshape(4, -1).sum(1), logit, rtol=1e-6,
+                                   err_msg=name)
+    assert np.abs(layers["input"]).max() < 10 * np.abs(logit).max()

@@ -6,7 +6,7 @@
   kernels and call ``apply`` again, so a rule never needs to know the layer type. A layer made
   of several kernels (separable convolutions) is described by its **effective** kernel.
 * The **linearized forward** of normalization layers (LayerNormalization, GroupNormalization,
-  UnitNormalization): the same output, with the normalizing scale held constant, so that the
+  UnitNormalization, RMSNormalization): the same output, with the normalizing scale held constant, so that the
   centering and the affine part are a linear map (AttnLRP, Achtibat et al. 2024, Prop. 3.4).
 
 Users add their own linear layers with :func:`register_linear`. Layers without weights are
@@ -310,9 +310,9 @@ def _layer_norm(layer: kl.LayerNormalization) -> Callable[[Tensor], Tensor]:
         axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
                                           else [layer.axis]))
         dims = [x.shape[a] for a in axes]
-        if layer.rms_scaling:
-            scale = tf.math.rsqrt(tf.reduce_mean(tf.square(x), axes, keepdims=True) + layer.epsilon)
-            y = x * tf.stop_gradient(scale)
+        if layer.rms_scaling:  # as Keras computes it: scaled by the variance, not centred
+            _, var = tf.nn.moments(x, axes, keepdims=True)
+            y = x * tf.stop_gradient(tf.math.rsqrt(var + layer.epsilon))
         else:
             mean, var = tf.nn.moments(x, axes, keepdims=True)
             y = (x - mean) * tf.stop_gradient(tf.math.rsqrt(var + layer.epsilon))
@@ -354,10 +354,21 @@ def _unit_norm(layer: kl.UnitNormalization) -> Callable[[Tensor], Tensor]:
     return call
 
 
+def _rms_norm(layer) -> Callable[[Tensor], Tensor]:
+    def call(x):
+        rank = len(x.shape)
+        axes = [a % rank for a in layer.axis]
+        rrms = tf.math.rsqrt(tf.reduce_mean(tf.square(x), axes, keepdims=True) + layer.epsilon)
+        return x * tf.stop_gradient(rrms) * tf.convert_to_tensor(layer.scale)
+
+    return call
+
+
 _NORMALIZATIONS: list[tuple[type, Callable]] = [
     (kl.LayerNormalization, _layer_norm),
     (kl.GroupNormalization, _group_norm),
     (kl.UnitNormalization, _unit_norm),
+    *([(kl.RMSNormalization, _rms_norm)] if hasattr(kl, "RMSNormalization") else []),
 ]
 
 

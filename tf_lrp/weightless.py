@@ -14,7 +14,8 @@ its class:
   known to lie in [0, 1]: a sigmoid, hard sigmoid or softmax) gets no relevance and the other
   factors share all of it (Arras et al. 2017, "signal-take-all"); without a gate the factors
   share it uniformly (AttnLRP, Achtibat et al. 2024, Prop. 3.2).
-* ``NORMALIZATION``: LayerNormalization, GroupNormalization, UnitNormalization: the epsilon rule
+* ``NORMALIZATION``: LayerNormalization, GroupNormalization, UnitNormalization,
+  RMSNormalization: the epsilon rule
   on the layer with its normalizing scale held constant (AttnLRP, Prop. 3.4).
 
 It also runs the static **value-range analysis** (:func:`output_range`): which tensors are known
@@ -72,7 +73,8 @@ _SUMS = (kl.Add, *_op("Add"), *_app("CustomScaleLayer"))
 _DIFFERENCES = (kl.Subtract, *_op("Subtract"))
 _SCALINGS = _op("Multiply", "TrueDivide", "Divide", "Negative")  # with one tensor: x * c, x / c
 _PRODUCTS = (kl.Multiply, *_op("Multiply"))
-_NORMALIZATIONS = (kl.LayerNormalization, kl.GroupNormalization, kl.UnitNormalization)
+_NORMALIZATIONS = (kl.LayerNormalization, kl.GroupNormalization, kl.UnitNormalization,
+                   *([kl.RMSNormalization] if hasattr(kl, "RMSNormalization") else []))
 
 _FIXED: list[tuple[tuple[type, ...], str]] = [
     (_ACTIVATION_LAYERS + _ACTIVATION_OPS + ELEMENTWISE, PASS),

@@ -1,0 +1,136 @@
+"""Rules act on a layer's effective linear map.
+
+A SeparableConv1D/2D must explain exactly like the Conv layer holding its combined kernel
+``K[..., c, o] = sum_m D[..., c, m] P[c*M + m, o]``; a DepthwiseConv2D with
+``depth_multiplier > 1`` like the Conv2D with its block-diagonal kernel; a grouped Conv2D like
+the Conv2D with the zero-padded full kernel. Every rule, with biases, inputs of both signs
+(so the x- terms and the fused paths run), and a ReLU branch and a signed branch.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import layers as kl
+
+import tf_lrp
+from tf_lrp import rules
+
+RULES = {
+    "epsilon": lambda: rules.Epsilon(0.1),
+    "zero": lambda: rules.Zero(),
+    "gamma": lambda: rules.Gamma(0.3),
+    "alpha2beta1_bias": lambda: rules.AlphaBeta(2, 1, bias=True),
+    "zplus": lambda: rules.ZPlus(),
+    "zbox": lambda: rules.ZBox(-2.0, 1.5),
+    "wsquare": lambda: rules.WSquare(),
+    "flat": lambda: rules.Flat(),
+}
+
+
+def _model(make_layer, shape):
+    """input -> layer -> (ReLU branch + signed branch) -> Dense: negative outputs get relevance."""
+    inp = keras.Input(shape)
+    z = make_layer()(inp)
+    flat = kl.Flatten()(z)
+    mixed = kl.Concatenate()([kl.ReLU()(flat), flat])
+    return keras.Model(inp, kl.Dense(3)(mixed))
+
+
+def _randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        layer.set_weights([rng.normal(0, 0.5, w.shape).astype("float32")
+                           for w in layer.get_weights()])
+
+
+def _separable_kernel(d, p):
+    c, m = d.shape[-2:]
+    return np.einsum("...cm,cmo->...co", d, p.reshape(c, m, p.shape[-1]))
+
+
+def _depthwise_kernel(d):
+    c, m = d.shape[-2:]
+    full = np.zeros((*d.shape[:-2], c, c * m), d.dtype)
+    for i in range(c):
+        full[..., i, i * m:(i + 1) * m] = d[..., i, :]
+    return full
+
+
+def _grouped_kernel(k, groups):
+    cin_g, cout = k.shape[-2:]
+    cout_g = cout // groups
+    full = np.zeros((*k.shape[:-2], cin_g * groups, cout), k.dtype)
+    for g in range(groups):
+        full[..., g * cin_g:(g + 1) * cin_g, g * cout_g:(g + 1) * cout_g] = \
+            k[..., :, g * cout_g:(g + 1) * cout_g]
+    return full
+
+
+# name -> (input shape, the layer, its plain Conv twin, twin kernel from the layer's weights)
+CASES = {
+    "separable2d": ((7, 7, 3),
+                    lambda: kl.SeparableConv2D(4, 3, strides=2, padding="same", depth_multiplier=2),
+                    lambda: kl.Conv2D(4, 3, strides=2, padding="same"),
+                    lambda w: [_separable_kernel(w[0], w[1]), w[2]]),
+    "separable1d": ((9, 3),
+                    lambda: kl.SeparableConv1D(4, 3, padding="valid", depth_multiplier=3),
+                    lambda: kl.Conv1D(4, 3),
+                    lambda w: [_separable_kernel(w[0], w[1]), w[2]]),
+    "depthwise_m3": ((6, 6, 2),
+                     lambda: kl.DepthwiseConv2D(3, depth_multiplier=3, padding="same"),
+                     lambda: kl.Conv2D(6, 3, padding="same"),
+                     lambda w: [_depthwise_kernel(w[0]), w[1]]),
+    "grouped": ((6, 6, 4),
+                lambda: kl.Conv2D(6, 3, groups=2),
+                lambda: kl.Conv2D(6, 3),
+                lambda w: [_grouped_kernel(w[0], 2), w[1]]),
+}
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    out = {}
+    for name, (shape, layer, twin, kernel) in CASES.items():
+        model = _model(layer, shape)
+        _randomize(model, 3)
+        plain = _model(twin, shape)
+        plain.layers[1].set_weights(kernel(model.layers[1].get_weights()))
+        plain.layers[-1].set_weights(model.layers[-1].get_weights())
+        x = np.random.default_rng(5).normal(size=(3, *shape)).astype("float32")
+        np.testing.assert_allclose(model(x), plain(x), rtol=1e-5, atol=1e-5)
+        out[name] = (model, plain, x)
+    return out
+
+
+@pytest.mark.parametrize("rule_id", sorted(RULES))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_explains_like_its_effective_conv(pairs, case, rule_id):
+    model, plain, x = pairs[case]
+    got = tf_lrp.Analyzer(model, RULES[rule_id]())(x, target=[0, 1, 2])
+    want = tf_lrp.Analyzer(plain, RULES[rule_id]())(x, target=[0, 1, 2])
+    scale = np.abs(want).max()
+    assert scale > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_separable_zplus_conserves():
+    """z+ on the effective kernel conserves (per-kernel z+ gave sum(R)/logit 1.88)."""
+    model, _, x = _model_bias_free()
+    r = tf_lrp.Analyzer(model, rules.ZPlus())(x, target=0)
+    logit = model(x).numpy()[:, 0]
+    np.testing.assert_allclose(r.reshape(len(x), -1).sum(1), logit, rtol=1e-4)
+
+
+def _model_bias_free():
+    inp = keras.Input((7, 7, 3))
+    h = kl.SeparableConv2D(4, 3, depth_multiplier=2, use_bias=False)(inp)
+    h = kl.ReLU()(h)
+    model = keras.Model(inp, kl.Dense(2, use_bias=False)(kl.Flatten()(h)))
+    _randomize(model, 11)
+    x = np.abs(np.random.default_rng(2).normal(size=(2, 7, 7, 3))).astype("float32")
+    # positive logit for target 0 on both samples (z+ conserves positive outputs)
+    w = model.layers[-1].get_weights()[0]
+    model.layers[-1].set_weights([np.abs(w)])
+    return model, None, x

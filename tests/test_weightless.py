@@ -1,0 +1,355 @@
+"""Layers and Keras 3 op nodes without weights: products, elementwise and preprocessing layers,
+normalization layers, ``x + y`` style op nodes, z^B bounds through preprocessing, and the
+errors for what is still unknown.
+
+Each rule is checked against an independent computation: explicit numpy matrices, or a
+gradient x input identity on the original Keras model that shares no code with the engine.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers as kl
+from keras import ops
+
+import tf_lrp
+from tf_lrp import composites, rules
+from tf_lrp.errors import UnsupportedLayerError
+
+RNG = np.random.default_rng(0)
+
+
+def randomize(model, seed=0, scale=0.5):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, (kl.Dense, kl.Conv2D)):
+            layer.set_weights([rng.normal(0, scale, w.shape).astype(w.dtype)
+                               for w in layer.get_weights()])
+
+
+def gradient_x_input(fn, x, target):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)[:, target]
+    return (x * tape.gradient(y, x)).numpy()
+
+
+# ----------------------------------------------------------------------------- products
+
+
+def _se_model(gate_activation="sigmoid"):
+    """A squeeze-excitation block: conv -> relu; gate = act(Dense(GAP)); Multiply; Dense."""
+    inp = keras.Input((5, 5, 2))
+    h = kl.Conv2D(3, 3, padding="same", activation="relu", use_bias=False)(inp)
+    s = kl.Dense(3, activation=gate_activation, use_bias=False)(kl.GlobalAveragePooling2D()(h))
+    gated = kl.Multiply()([h, kl.Reshape((1, 1, 3))(s)])
+    model = keras.Model(inp, kl.Dense(2, use_bias=False)(kl.Flatten()(gated)))
+    randomize(model, 1)
+    return model
+
+
+def _se_with_constant_gate(model, x_gate):
+    """The same network as plain TF ops, with the gate computed on ``x_gate`` and held constant."""
+    conv = next(layer for layer in model.layers if isinstance(layer, kl.Conv2D))
+    dense_s, dense_out = [layer for layer in model.layers if isinstance(layer, kl.Dense)]
+    gate = dense_s(tf.reduce_mean(conv(x_gate), axis=(1, 2)))
+
+    def fn(x):
+        h = conv(x)
+        return dense_out(tf.reshape(h * tf.stop_gradient(gate)[:, None, None, :],
+                                    (x.shape[0], -1)))
+
+    return fn
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
+def test_gate_gets_no_relevance_signal_takes_all(gate):
+    """LRP-0 with signal-take-all == gradient x input with the gate held constant (the
+    network is then linear in the signal path)."""
+    model = _se_model(gate)
+    x = RNG.normal(size=(3, 5, 5, 2)).astype("float32")
+    analyzer = tf_lrp.Analyzer(model, rules.Zero())
+    table = {n: r for n, _, r in analyzer.rule_table()}
+    multiply = next(layer for layer in model.layers if isinstance(layer, kl.Multiply))
+    assert table[multiply.name] == "SignalTakesAll()"
+    want = gradient_x_input(_se_with_constant_gate(model, x), x, 1)
+    np.testing.assert_allclose(analyzer(x, target=1), want, rtol=1e-4, atol=1e-6)
+    # conservation: bias-free, the gate branch takes nothing, so the input gets the logit
+    np.testing.assert_allclose(analyzer(x, target=1).reshape(3, -1).sum(1),
+                               model(x).numpy()[:, 1], rtol=1e-4)
+
+
+def test_hard_sigmoid_written_with_ops_is_a_gate():
+    """MobileNetV3's hard sigmoid: ReLU(6.0)(x + 3.0) * (1.0 / 6.0), then hard swish x * hs(x)."""
+    inp = keras.Input((4,))
+    z = kl.Dense(4, use_bias=False)(inp)
+    hs = kl.ReLU(6.0)(z + 3.0) * (1.0 / 6.0)
+    out = kl.Dense(2, use_bias=False)(kl.Multiply()([z, hs]))
+    model = keras.Model(inp, out)
+    randomize(model, 2)
+    analyzer = tf_lrp.Analyzer(model, rules.Zero())
+    assert analyzer.rules[model.layers[-2].name].__class__ is rules.SignalTakesAll
+    x = RNG.normal(size=(4, 4)).astype("float32")
+    dense1, dense2 = model.layers[1], model.layers[-1]
+
+    def fn(v):
+        zz = dense1(v)
+        gate = tf.stop_gradient(tf.nn.relu6(zz + 3.0) / 6.0)
+        return dense2(zz * gate)
+
+    np.testing.assert_allclose(analyzer(x, target=0), gradient_x_input(fn, x, 0), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_uniform_product_is_half_gradient_x_input():
+    """y = Dense((W1 x) * (W2 x)) is homogeneous of degree 2 in x: the uniform split of LRP-0
+    gives each factor half, which is half of gradient x input (bias-free)."""
+    inp = keras.Input((5,))
+    a, b = kl.Dense(4, use_bias=False)(inp), kl.Dense(4, use_bias=False)(inp)
+    for product in (kl.Multiply()([a, b]), a * b):
+        model = keras.Model(inp, kl.Dense(3, use_bias=False)(product))
+        randomize(model, 3)
+        x = RNG.normal(size=(4, 5)).astype("float32")
+        analyzer = tf_lrp.Analyzer(model, rules.Zero())
+        assert "UniformProduct()" in [r for _, _, r in analyzer.rule_table()]
+        want = 0.5 * gradient_x_input(model, x, 2)
+        got = analyzer(x, target=2)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.sum(1), model(x).numpy()[:, 2], rtol=1e-4)
+
+
+def test_product_rules_can_be_mapped_and_are_checked_when_built():
+    model = _se_model()
+    x = RNG.normal(size=(2, 5, 5, 2)).astype("float32")
+    uniform = tf_lrp.Analyzer(model, composites.LayerMap(
+        [(kl.Multiply, rules.UniformProduct())], default=rules.Zero()))
+    signal = tf_lrp.Analyzer(model, rules.Zero())
+    assert not np.allclose(uniform(x, target=0), signal(x, target=0), atol=1e-3)
+    # a Multiply mapped to Pass is refused when the analyzer is built, with the reason
+    with pytest.raises(UnsupportedLayerError, match=r"Multiply.*Pass\(\) only fits"):
+        tf_lrp.Analyzer(model, composites.LayerMap([("Multiply", rules.Pass())],
+                                                   default=rules.Zero()))
+    inp = keras.Input((3,))
+    ungated = keras.Model(inp, kl.Multiply()([kl.Dense(2)(inp), kl.Dense(2)(inp)]))
+    with pytest.raises(UnsupportedLayerError, match="no factor is known to be a gate"):
+        tf_lrp.Analyzer(ungated, composites.LayerMap([(kl.Multiply, rules.SignalTakesAll())],
+                                                     default=rules.Zero()))
+
+
+# ----------------------------------------------------------------------------- op nodes
+
+
+def _twins():
+    """The same network written with layers and with Keras 3 op nodes."""
+    def build(use_ops):
+        inp = keras.Input((4, 4, 2))
+        a = kl.Conv2D(3, 3, padding="same", name="a")(inp)
+        b = kl.Conv2D(3, 1, name="b")(inp)
+        if use_ops:
+            h = ops.relu(a + b)
+            h = h - 0.5 * b
+            m = ops.mean(h, axis=(1, 2))
+            t = ops.reshape(ops.transpose(h, (0, 3, 1, 2)), (-1, 48))
+            c = ops.concatenate([m, t], axis=-1)
+            c = ops.squeeze(ops.expand_dims(c, 1), 1) / 2.0
+        else:
+            h = kl.ReLU()(kl.Add()([a, b]))
+            h = kl.Subtract()([h, kl.Rescaling(0.5)(b)])
+            m = kl.GlobalAveragePooling2D()(h)
+            t = kl.Flatten()(kl.Permute((3, 1, 2))(h))
+            c = kl.Rescaling(0.5)(kl.Concatenate()([m, t]))
+        return keras.Model(inp, kl.Dense(3, name="out")(c))
+
+    layers_model, ops_model = build(False), build(True)
+    randomize(layers_model, 4)
+    for name in ("a", "b", "out"):
+        ops_model.get_layer(name).set_weights(layers_model.get_layer(name).get_weights())
+    return layers_model, ops_model
+
+
+@pytest.mark.parametrize("rule", [rules.Zero(), rules.Epsilon(0.3), rules.ZPlus()],
+                         ids=["zero", "epsilon", "zplus"])
+def test_op_nodes_explain_like_their_layers(rule):
+    layers_model, ops_model = _twins()
+    x = RNG.normal(size=(3, 4, 4, 2)).astype("float32")
+    np.testing.assert_allclose(ops_model(x), layers_model(x), rtol=1e-5, atol=1e-6)
+    want = tf_lrp.Analyzer(layers_model, rule)(x, target=1)
+    got = tf_lrp.Analyzer(ops_model, rule)(x, target=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_op_nodes_lrp0_is_gradient_x_input():
+    _, ops_model = _twins()
+    x = RNG.normal(size=(3, 4, 4, 2)).astype("float32")
+    np.testing.assert_allclose(tf_lrp.Analyzer(ops_model, rules.Zero())(x, target=2),
+                               gradient_x_input(ops_model, x, 2), rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+def _layer_norm_reference(x, gamma, beta, eps_ln, R, epsilon):
+    """Explicit matrices: J = diag(gamma) (I - 11'/d) / sigma(x) per sample, z = J x + beta,
+    R_in = x * J' (R / (z + epsilon sign z))."""
+    d = x.shape[1]
+    out = np.zeros_like(x)
+    centering = np.eye(d) - np.ones((d, d)) / d
+    for n in range(x.shape[0]):
+        sigma = np.sqrt(x[n].var() + eps_ln)
+        J = np.diag(gamma) @ centering / sigma
+        z = J @ x[n] + beta
+        s = R[n] / (z + epsilon * np.where(z >= 0, 1.0, -1.0))
+        out[n] = x[n] * (J.T @ s)
+    return out
+
+
+def test_layer_normalization_holds_the_scale_constant():
+    inp = keras.Input((6,))
+    norm = kl.LayerNormalization(epsilon=1e-3)
+    out = kl.Dense(2, use_bias=False)(norm(inp))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(5)
+    norm.set_weights([rng.uniform(0.5, 2, 6), rng.normal(0, 0.3, 6)])
+    randomize(model, 6)
+    x = rng.normal(size=(4, 6))
+    analyzer = tf_lrp.Analyzer(model, rules.Zero())
+    assert {r for _, _, r in analyzer.rule_table()} >= {"Epsilon(epsilon=1e-06, bias=True)"}
+    y = model(x.astype("float32")).numpy().astype("float64")
+    normed = norm(x.astype("float32")).numpy().astype("float64")
+    w = model.layers[-1].get_weights()[0].astype("float64")
+    r_normed = normed * w[:, 0]  # LRP-0 on the bias-free Dense, start = y_0
+    want = _layer_norm_reference(x, *[v.astype("float64") for v in norm.get_weights()], 1e-3,
+                                 r_normed, 1e-6)
+    got = analyzer(x.astype("float32"), target=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    # without beta: conservative up to epsilon
+    norm.set_weights([norm.get_weights()[0], np.zeros(6)])
+    got = tf_lrp.Analyzer(model, rules.Zero())(x.astype("float32"), target=0)
+    np.testing.assert_allclose(got.sum(1), model(x.astype("float32")).numpy()[:, 0], rtol=1e-4)
+    assert y.shape == (4, 2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: kl.LayerNormalization(axis=(1, 2), epsilon=1e-2),
+    lambda: kl.RMSNormalization(epsilon=1e-2),
+    lambda: kl.GroupNormalization(groups=2, epsilon=1e-2),
+    lambda: kl.UnitNormalization(axis=-1),
+], ids=["layer_norm_2axes", "rms", "group", "unit"])
+def test_normalization_layers_conserve_and_keep_the_forward(make):
+    inp = keras.Input((3, 3, 4))
+    norm = make()
+    h = norm(kl.Conv2D(4, 2, padding="same", use_bias=False)(inp))
+    model = keras.Model(inp, kl.Dense(2, use_bias=False)(kl.Flatten()(h)))
+    randomize(model, 7)
+    if norm.weights:  # gamma of both signs, beta 0
+        norm.set_weights([np.random.default_rng(1).normal(size=w.shape) if i == 0 else
+                          np.zeros(w.shape) for i, w in enumerate(norm.get_weights())])
+    x = RNG.normal(size=(3, 3, 3, 4)).astype("float32")
+    analyzer = tf_lrp.Analyzer(model, rules.Zero())
+    np.testing.assert_allclose(analyzer.predict(x), model(x), rtol=1e-5, atol=1e-5)
+    layerwise = analyzer.layerwise(x, target=1)
+    logit = model(x).numpy()[:, 1]
+    for key in ("input", model.layers[1].name):
+        np.testing.assert_allclose(layerwise[key].reshape(3, -1).sum(1), logit, rtol=1e-4,
+                                   err_msg=key)
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+
+def test_elementwise_layers_pass_relevance():
+    """Rescaling, Normalization and LayerScale-like scaling in front of and inside a network:
+    relevance passes them unchanged, so LRP-0 equals LRP-0 of the network after them."""
+    inp = keras.Input((4,))
+    norm = kl.Normalization(mean=[1.0, -1.0, 0.5, 0.0], variance=[4.0, 1.0, 0.25, 9.0])
+    h = kl.Dense(3, use_bias=False)(kl.Rescaling(2.0, offset=-1.0)(norm(inp)))
+    model = keras.Model(inp, kl.Dense(2, use_bias=False)(kl.Rescaling(3.0)(kl.ReLU()(h))))
+    randomize(model, 8)
+    x = RNG.normal(size=(3, 4)).astype("float32")
+    analyzer = tf_lrp.Analyzer(model, rules.Zero())
+    kinds = {cls: rule for _, cls, rule in analyzer.rule_table()}
+    assert kinds["Rescaling"] == kinds["Normalization"] == "Pass()"
+    pre = (norm(x).numpy() * 2.0 - 1.0).astype("float64")
+    w1, w2 = (model.layers[i].get_weights()[0].astype("float64") for i in (3, 6))
+    a = np.maximum(pre @ w1, 0.0)
+    z1 = pre @ w1
+    r_a = 3.0 * a * w2[:, 0]
+    want = pre * ((r_a / z1) @ w1.T)
+    np.testing.assert_allclose(analyzer(x, target=0), want, rtol=1e-4, atol=1e-6)
+
+
+def test_box_bounds_are_mapped_through_preprocessing():
+    """Rescaling(1/255) first, explained with low=0, high=255 == the model without it, 0..1."""
+    inp = keras.Input((5, 5, 2))
+    body = [kl.Conv2D(3, 3, activation="relu"), kl.Flatten(), kl.Dense(2)]
+    h = kl.Rescaling(1.0 / 255)(inp)
+    for layer in body:
+        h = layer(h)
+    with_pre = keras.Model(inp, h)
+    randomize(with_pre, 9)
+    plain_in = keras.Input((5, 5, 2))
+    h = plain_in
+    for layer in body:
+        h = layer(h)
+    plain = keras.Model(plain_in, h)
+    pixels = RNG.uniform(0, 255, (3, 5, 5, 2)).astype("float32")
+    got = tf_lrp.Analyzer(with_pre, "epsilon_gamma_box", low=0.0, high=255.0)(pixels, target=0)
+    want = tf_lrp.Analyzer(plain, "epsilon_gamma_box", low=0.0, high=1.0)(pixels / 255,
+                                                                          target=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    # per-channel bounds through a Normalization with a negative-scale Rescaling after it:
+    # the mapped bounds are ordered elementwise
+    inp = keras.Input((5, 5, 2))
+    mean, std = np.array([100.0, 50.0]), np.array([60.0, 30.0])
+    h = kl.Rescaling(-1.0)(kl.Normalization(mean=mean, variance=std**2)(inp))
+    for layer in body:
+        h = layer(h)
+    flipped = keras.Model(inp, h)
+    got = tf_lrp.Analyzer(flipped, "epsilon_gamma_box", low=0.0, high=255.0)(pixels, target=0)
+    low, high = -(255 - mean) / std, mean / std
+    want = tf_lrp.Analyzer(plain, "epsilon_gamma_box", low=low, high=high)(
+        -(pixels - mean) / std, target=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class Mystery(kl.Layer):
+    def call(self, x):
+        return x * 2.0
+
+
+class Puzzle(kl.Layer):
+    def call(self, x):
+        return x + 1.0
+
+
+def test_unknown_classes_are_named_once_with_the_fix():
+    inp = keras.Input((4,))
+    h = inp
+    for _ in range(5):
+        h = Mystery()(kl.Dense(4)(h))
+    model = keras.Model(inp, kl.Dense(2)(Puzzle()(h)))
+    with pytest.raises(UnsupportedLayerError) as err:
+        tf_lrp.Analyzer(model)
+    text = str(err.value)
+    assert text.count("test_weightless.Mystery") == 1 and text.count("test_weightless.Puzzle") == 1
+    assert "(5 layers: 'mystery', 'mystery_1', 'mystery_2' and 2 more)" in text
+    assert "--rule" in text and "composites.Overrides" in text
+    assert len(text) < 1200
+    # the fix works
+    fixed = tf_lrp.Analyzer(model, composites.Overrides(
+        composites.EpsilonPlus(), [("Mystery", rules.Pass()), (Puzzle, rules.Epsilon())]))
+    assert fixed(RNG.normal(size=(2, 4)).astype("float32")).shape == (2, 4)
+
+
+def test_keras2_model_object_names_keras2_and_the_fix():
+    tf_keras = pytest.importorskip("tf_keras")
+    model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
+    with pytest.raises(TypeError, match=r"Keras 2.*\.h5.*tf_lrp\.load_model"):
+        tf_lrp.Analyzer(model)
