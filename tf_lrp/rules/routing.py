@@ -1,0 +1,92 @@
+"""Rules that relay relevance without weights: passing, routing, and products of tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from tf_lrp.rules.base import Facts, Rule
+from tf_lrp.rules.propagation import Context, _vjp
+
+Tensor = tf.Tensor
+
+
+class Pass(Rule):
+    """Relevance passes unchanged (activations; only where input and output shapes agree)."""
+
+    zeros = "relay"
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        return list(ctx.relevance)
+
+    def check(self, node, facts: Facts) -> str | None:
+        if len(facts.input_shapes) != 1 or facts.input_shapes != facts.output_shapes:
+            return ("rules.Pass() only fits layers with one input of the output's shape; this "
+                    f"one maps {facts.input_shapes} to {facts.output_shapes}")
+        return None
+
+
+class Route(Rule):
+    """Relevance follows the ordinary gradient: the winner of max pooling, reshapes, concatenation."""
+
+    zeros = "relay"
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        return ctx.gradient(ctx.relevance)
+
+
+def _unbroadcast(r: Tensor, x: Tensor) -> Tensor:
+    """Relevance ``r`` of a broadcast product summed back onto the shape of factor ``x``."""
+    if r.shape == x.shape:
+        return r
+    return _vjp(lambda v: [tf.broadcast_to(v[0], tf.shape(r))], [x], [r])[0]
+
+
+class _Product(Rule):
+    zeros = "relay"
+
+    def receivers(self, gates: Sequence[bool]) -> list[bool]:
+        raise NotImplementedError
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        take = self.receivers(ctx.gates or [False] * len(ctx.inputs))
+        share = ctx.relevance[0] / float(sum(take))
+        return [_unbroadcast(share, x) if t else tf.zeros_like(x) for x, t in zip(ctx.inputs, take)]
+
+    def check(self, node, facts: Facts) -> str | None:
+        if len(facts.output_shapes) != 1:
+            return f"{self!r} needs a layer with one output"
+        return None
+
+
+class SignalTakesAll(_Product):
+    """A gated product ``y = gate * signal``: the signal gets all relevance, the gate none.
+
+    Arras et al. (2017), "Explaining recurrent neural network predictions in sentiment
+    analysis": the gate only decides how much of the signal passes. A gate is a factor whose
+    values are statically known to lie in [0, 1] (the output of a sigmoid, hard sigmoid or
+    softmax, also through scaling and pooling). Several signals share the relevance uniformly.
+    """
+
+    def receivers(self, gates: Sequence[bool]) -> list[bool]:
+        return [not g for g in gates]
+
+    def check(self, node, facts: Facts) -> str | None:
+        if all(facts.gates) or not any(facts.gates):
+            which = "every factor is" if all(facts.gates) else "no factor is known to be"
+            return (f"rules.SignalTakesAll() needs a product of a gate and a signal, but {which} "
+                    "a gate (values in [0, 1]: sigmoid, hard sigmoid, softmax); map "
+                    "rules.UniformProduct() to it instead")
+        return super().check(node, facts)
+
+
+class UniformProduct(_Product):
+    """A product of ``N`` factors: each gets ``R / N`` (AttnLRP, Achtibat et al. 2024, Prop. 3.2).
+
+    Conserves relevance; the share of a factor broadcast in the product is summed over the
+    broadcast axes.
+    """
+
+    def receivers(self, gates: Sequence[bool]) -> list[bool]:
+        return [True] * len(gates)
