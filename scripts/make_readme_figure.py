@@ -17,21 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rows() -> list[np.ndarray]:
+    """The shipped models start with a Rescaling layer: their inputs are pixel values 0..255
+    (the data sets are in [-1, 1] for digits and [0, 1] for shapes), and so are the z^B
+    bounds (the engine maps them through the Rescaling layer)."""
     x28, _ = datasets.load_digits(split="test")
     x32, _ = datasets.load_digits(split="test", pad=datasets.LENET_PAD)
     shapes, _, _ = datasets.make_shapes(6, seed=datasets.SHAPES_TEST_SEED)
     cases = [
-        ("digits_mlp.h5", x28[:6], "epsilon_gamma_box", {"low": -1.0, "high": 1.0}, (-1.0, 1.0)),
-        ("digits_lenet.h5", x32[:6], "epsilon_gamma_box", {"low": -1.0, "high": 1.0}, (-1.0, 1.0)),
-        ("shapes_resnet.keras", shapes, "epsilon_gamma_box", {"low": 0.0, "high": 1.0}, (0.0, 1.0)),
+        ("digits_mlp.h5", (x28[:6] + 1.0) * 127.5),
+        ("digits_lenet.h5", (x32[:6] + 1.0) * 127.5),
+        ("shapes_resnet.keras", shapes * 255.0),
     ]
     out = []
-    for name, x, composite, kwargs, input_range in cases:
+    for name, x in cases:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            analyzer = tf_lrp.Analyzer(ROOT / "saved_models" / name, composite, **kwargs)
+            analyzer = tf_lrp.Analyzer(ROOT / "saved_models" / name, "epsilon_gamma_box",
+                                       low=0.0, high=255.0)
         heat = visualize.heatmap(analyzer(x))
-        images = visualize.overlay(heat, x, alpha=0.0, input_range=input_range)
+        images = visualize.overlay(heat, x, alpha=0.0, input_range=(0.0, 255.0))
         out.append(np.concatenate([images, heat]))
     return out
 

@@ -1,13 +1,21 @@
 """Train the LRP tutorial's two digit classifiers and write the quick-start examples.
 
-    python scripts/train_digits.py
+    python scripts/train_digits.py              # train, save, write the examples
+    python scripts/train_digits.py --wrap-only  # only add the preprocessing to the saved files
 
 Writes ``saved_models/digits_mlp.h5`` (MLP 784-300-100-10 on 28x28 inputs) and
 ``saved_models/digits_lenet.h5`` (LeNet-5 with average pooling on 32x32 padded inputs),
 both legacy HDF5 files saved by Keras 3 with a final softmax, trained on the "train"
-split of :func:`tf_lrp.datasets.load_digits` and evaluated on its "test" split. Then
-writes ``examples/digits/*.png`` and ``examples/digits_32.npy``: six test digits that
-both models classify correctly.
+split of :func:`tf_lrp.datasets.load_digits` (values in [-1, 1]) and evaluated on its "test"
+split. The saved models carry their preprocessing: a ``Rescaling(1/127.5, offset=-1)`` layer
+named ``preprocess`` in front of the trained network, so they take raw pixel values 0..255.
+Then writes ``examples/digits/*.png`` and ``examples/digits_32.npy`` (pixel values 0..255,
+float32): six test digits that both models classify correctly.
+
+``--wrap-only`` converts saved models trained before the preprocessing was part of them (no
+retraining): each file is loaded, given the Rescaling layer, checked (its predictions on the
+test digits as pixels equal the old model's on the scaled digits to 1e-5) and saved in place;
+then the examples are rewritten. Files that already start with a Rescaling layer are left alone.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import numpy as np
 
 SEED = 0
 MIN_ACCURACY = 0.95
+#: The range the networks are trained on; the saved models map pixels 0..255 onto it.
+LOW, HIGH = -1.0, 1.0
 EXAMPLE_CLASSES = (0, 1, 3, 4, 7, 9)
 
 
@@ -77,8 +87,16 @@ def train(model, x: np.ndarray, y: np.ndarray, epochs: int, max_shift: int) -> N
     print(f"  last epoch: loss {history.history['loss'][-1]:.4f}", flush=True)
 
 
+def test_pixels(pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test split as the saved models take it: pixel values 0..255 (float32)."""
+    from tf_lrp.datasets import load_digits
+
+    x, y = load_digits(split="test", pad=pad)
+    return _training.to_pixels(x, LOW, HIGH), y
+
+
 def fit_and_save(name: str, build, pad: int, args: argparse.Namespace):
-    """Seed, build, train, evaluate and save one model; return it.
+    """Seed, build, train, evaluate and save one model with its preprocessing; return it.
 
     Seeding right before building makes each model's initial weights depend on ``SEED`` only,
     not on which other models the script built before it.
@@ -91,7 +109,8 @@ def fit_and_save(name: str, build, pad: int, args: argparse.Namespace):
     model = build()
     with _training.timed(f"{name} training"):
         train(model, x_train, y_train, args.epochs, args.max_shift)
-    acc = _training.accuracy(model, x_test, y_test)
+    model = _training.checked_preprocessing(model, LOW, HIGH, x_test)
+    acc = _training.accuracy(model, *test_pixels(pad))
     path = args.output_dir / f"{name}.h5"
     size = _training.save_model(model, path)
     _training.report(name, path, acc, len(y_test), size)
@@ -100,18 +119,30 @@ def fit_and_save(name: str, build, pad: int, args: argparse.Namespace):
     return model
 
 
+def wrap_saved(name: str, pad: int, args: argparse.Namespace):
+    """``--wrap-only``: add the preprocessing to the saved ``name.h5``; return the model."""
+    from tf_lrp.datasets import load_digits
+
+    x_test, y_test = load_digits(split="test", pad=pad)
+    path = args.output_dir / f"{name}.h5"
+    model = _training.add_preprocessing(path, LOW, HIGH, x_test)
+    acc = _training.accuracy(model, *test_pixels(pad))
+    _training.report(name, path, acc, len(y_test), path.stat().st_size)
+    return model
+
+
 def write_examples(models: dict, examples_dir: Path) -> None:
     """Six test digits (one per class in EXAMPLE_CLASSES) that every model gets right."""
-    from tf_lrp.datasets import LENET_PAD, load_digits
+    from tf_lrp.datasets import LENET_PAD
 
-    x28, y = load_digits(split="test")
-    x32, _ = load_digits(split="test", pad=LENET_PAD)
+    x28, y = test_pixels(0)
+    x32, _ = test_pixels(LENET_PAD)
     correct = np.ones(len(y), dtype=bool)
     for model, x in ((models["digits_mlp"], x28), (models["digits_lenet"], x32)):
         correct &= np.argmax(model.predict(x, verbose=0), axis=-1) == y
     chosen = sorted(int(np.flatnonzero(correct & (y == c))[0]) for c in EXAMPLE_CLASSES)
     _training.replace_examples(examples_dir / "digits", x28[chosen],
-                               [f"test{i:03d}_label{y[i]}.png" for i in chosen], -1.0, 1.0)
+                               [f"test{i:03d}_label{y[i]}.png" for i in chosen], 0.0, 255.0)
     np.save(examples_dir / "digits_32.npy", x32[chosen])
     print(f"examples: test indices {chosen}, labels {y[chosen].tolist()}", flush=True)
 
@@ -122,14 +153,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples-dir", type=Path, default=_training.EXAMPLES)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--max-shift", type=int, default=2, help="augmentation shift in pixels")
+    parser.add_argument("--wrap-only", action="store_true",
+                        help="do not train: add the Rescaling layer to the saved models in "
+                             "--output-dir (checked, saved in place), then rewrite the examples")
     args = parser.parse_args(argv)
 
     from tf_lrp.datasets import LENET_PAD
 
-    models = {
-        "digits_mlp": fit_and_save("digits_mlp", build_mlp, 0, args),
-        "digits_lenet": fit_and_save("digits_lenet", build_lenet, LENET_PAD, args),
-    }
+    if args.wrap_only:
+        models = {
+            "digits_mlp": wrap_saved("digits_mlp", 0, args),
+            "digits_lenet": wrap_saved("digits_lenet", LENET_PAD, args),
+        }
+    else:
+        models = {
+            "digits_mlp": fit_and_save("digits_mlp", build_mlp, 0, args),
+            "digits_lenet": fit_and_save("digits_lenet", build_lenet, LENET_PAD, args),
+        }
     write_examples(models, args.examples_dir)
 
 

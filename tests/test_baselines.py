@@ -127,6 +127,8 @@ def test_integrated_gradients_completeness_within_midpoint_bound(relu_net, steps
 def test_integrated_gradients_default_target_is_clean_argmax(relu_net):
     x = x_of((6, 6, 1))
     ig = IntegratedGradients(relu_net, steps=8)
+    # exact on purpose: the same traced function on the same batch; target=None resolves to
+    # the same indices (argmax on the clean input) inside it
     np.testing.assert_array_equal(ig(x), ig(x, target=ig.predict(x).argmax(1)))
 
 
@@ -139,7 +141,7 @@ def test_random_is_uniform_seeded_and_fresh_per_call(linear):
     assert first.shape == x.shape and first.dtype == np.float32
     assert first.min() >= 0.0 and first.max() < 1.0 and abs(first.mean() - 0.5) < 0.01
     assert not np.array_equal(first, second)
-    np.testing.assert_array_equal(Random(model, seed=3)(x), first)
+    np.testing.assert_array_equal(Random(model, seed=3)(x), first)  # same seed, same draws
     assert not np.array_equal(Random(model, seed=4)(x), first)
 
 

@@ -104,5 +104,6 @@ def test_one_trace_across_targets_and_batch_sizes(tiny_model, make):
     first = analyzer(x)
     for args in [(x, 1), (x, [0, 1, 2, 3, 4]), (x[:2], 4), (x[:1], None), (x[:3], np.int64(2))]:
         analyzer(*args)
+    # exact on purpose: the same analyzer on the same batch (split the same way)
     np.testing.assert_array_equal(analyzer(x), first)
     assert analyzer._explain_fn.experimental_get_tracing_count() == 1

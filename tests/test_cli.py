@@ -1,7 +1,8 @@
 """Tests of the ``tf-lrp`` command line (tf_lrp.cli), run in-process through ``cli.main``.
 
 One subprocess run (``python -m tf_lrp``) proves the entry point; everything else calls
-``main([...])`` and reads the files it writes. The digits MLP takes 28x28x1 inputs in [-1, 1].
+``main([...])`` and reads the files it writes. The shipped models carry their preprocessing (a
+Rescaling layer first): the digits MLP takes 28x28x1 pixel values 0..255.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import keras
@@ -19,13 +21,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_lrp import Analyzer, cli, load_model, visualize
-from tf_lrp.datasets import load_digits
+from tf_lrp import Analyzer, cli, composites, load_model, rules, visualize
+from tf_lrp.datasets import SHAPES_CLASSES, load_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ROOT / "saved_models" / "digits_mlp.h5"
+LENET = ROOT / "saved_models" / "digits_lenet.h5"
+SHAPES = ROOT / "saved_models" / "shapes_resnet.keras"
 DIGITS = ROOT / "examples" / "digits"
 PNGS = sorted(DIGITS.glob("*.png"))
+SHAPE_PNGS = sorted((ROOT / "examples" / "shapes").glob("*.png"))
 SAMPLE_SHAPE = (28, 28, 1)
 # 28x28 images, auto zoom 128 // 28 = 4, heatmap and overlay side by side, 2 px padding
 PNG_SIZE = (2 * 28 * 4 + 3 * 2, 28 * 4 + 2 * 2)  # PIL (width, height)
@@ -54,14 +59,29 @@ def assert_rows_match(rows, expected) -> None:
             assert float(row[column]) == pytest.approx(float(ref[column]), rel=1e-5, abs=1e-6)
 
 
+def assert_relevance_close(actual, expected) -> None:
+    """Equal up to float32 noise: the same explanation computed in other batches (oneDNN picks
+    other kernels for other batch sizes; observed differences are below 1e-6 of the maximum)."""
+    expected = np.asarray(expected)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 def outputs(out: Path) -> dict[str, int]:
     """mtime (ns) of every .png/.npy in ``out``, by file name."""
     return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix in (".png", ".npy")}
 
 
 def png_as_input(path: Path) -> np.ndarray:
-    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)[..., None]
-    return pixels / 127.5 - 1.0
+    """A digit PNG as the shipped digit models take it: pixel values 0..255."""
+    return np.asarray(Image.open(path).convert("L"), dtype=np.float32)[..., None]
+
+
+@keras.saving.register_keras_serializable(package="tf_lrp_test_cli")
+class Squash(keras.layers.Layer):
+    """A custom elementwise layer tf_lrp has no rule for."""
+
+    def call(self, x):
+        return keras.ops.tanh(x) * 2.0
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +97,8 @@ def analyzer(mlp):
 
 @pytest.fixture(scope="module")
 def batch():
-    return load_digits(split="test")[0][:3]
+    """Three test digits as pixel values 0..255 (the data set is in [-1, 1])."""
+    return (load_digits(split="test")[0][:3] + 1.0) * 127.5
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +138,13 @@ def test_explain_writes_one_png_and_npy_per_sample(digits_run):
 def test_relevance_equals_the_analyzer(digits_run, analyzer, batch):
     _, out = digits_run
     saved = np.stack([np.load(out / f"batch_{i}.npy") for i in range(3)])
-    np.testing.assert_allclose(saved, analyzer(batch), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.load(out / "single.npy"), saved[0])
-    # images: grayscale, 28x28 already, 0..255 -> [-1, 1] (the default --scale)
+    assert_relevance_close(saved, analyzer(batch))
+    # the same sample as batch_0, explained in another step of the run (other batch neighbours)
+    assert_relevance_close(np.load(out / "single.npy"), saved[0])
+    # images: grayscale, 28x28 already, pixels 0..255 fed as they are (the model rescales)
     x = np.stack([png_as_input(p) for p in PNGS])
     saved = np.stack([np.load(out / f"{p.stem}.npy") for p in PNGS])
-    np.testing.assert_allclose(saved, analyzer(x), rtol=1e-5, atol=1e-6)
+    assert_relevance_close(saved, analyzer(x))
 
 
 def test_png_shows_heatmap_and_overlay(digits_run, inputs, batch):
@@ -190,6 +212,40 @@ def test_resume_rebuilds_lost_summary_rows(digits_run, tmp_path, capsys, inputs)
     assert_rows_match(rebuilt, rows)
     # the relevance sums come from the existing .npy files: exactly the same text
     assert [r["relevance_sum"] for r in rebuilt] == [r["relevance_sum"] for r in rows]
+
+
+def test_rerun_recomputes_without_resume_and_skips_with_it(tmp_path, capsys, mlp, inputs):
+    """Existing outputs are skipped only with --resume; without it a run redoes every sample."""
+    out = tmp_path / "out"
+    sources = [inputs / "single.npy", PNGS[0]]
+    names = ["single", PNGS[0].stem]
+    x = np.stack([np.load(inputs / "single.npy"), png_as_input(PNGS[0])])
+    code, _, _ = run(capsys, "explain", MLP, *sources, "--out", out, "--target", "3", "-q")
+    assert code == 0
+    first = {n: np.load(out / f"{n}.npy") for n in names}
+
+    # the same directory again, another target and composite, no --resume: all recomputed
+    code, stdout, _ = run(capsys, "explain", MLP, *sources, "--out", out, "--target", "5",
+                          "--composite", "epsilon_gamma_box")
+    assert code == 0 and "2 explained, 0 already done" in stdout
+    with pytest.warns(UserWarning, match="softmax"):
+        expected = Analyzer(mlp, "epsilon_gamma_box", low=0.0, high=255.0)(x, target=5)
+    for i, name in enumerate(names):
+        second = np.load(out / f"{name}.npy")
+        assert_relevance_close(second, expected[i])
+        assert np.abs(second - first[name]).max() > 0.1 * np.abs(second).max()  # overwritten
+    assert [r["explained_class"] for r in read_summary(out)] == ["5", "5"]
+    rows, before = read_summary(out), outputs(out)
+    contents = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".npy")}
+
+    # with --resume (and yet another target) the finished samples are left alone
+    code, stdout, _ = run(capsys, "explain", MLP, *sources, "--out", out, "--target", "7",
+                          "--resume")
+    assert code == 0 and "0 explained, 2 already done" in stdout
+    assert outputs(out) == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".npy")} \
+        == contents
+    assert read_summary(out) == rows  # rows kept as they were: explained class 5
 
 
 def test_interrupted_run_leaves_complete_files(tmp_path, capsys, monkeypatch):
@@ -267,12 +323,124 @@ def test_target_start_and_scale_options(tmp_path, capsys, mlp, inputs):
     assert code == 0
     with pytest.warns(UserWarning, match="softmax"):
         reference = Analyzer(mlp, start="logodds")
-    x = np.stack([np.load(inputs / "single.npy"), png_as_input(PNGS[0]) * 0.5 + 0.5])
+    x = np.stack([np.load(inputs / "single.npy"), png_as_input(PNGS[0]) / 255.0])
     expected = reference(x, target=3)
-    np.testing.assert_allclose(np.load(out / "single.npy"), expected[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.load(out / f"{PNGS[0].stem}.npy"), expected[1],
-                               rtol=1e-5, atol=1e-6)
+    assert_relevance_close(np.load(out / "single.npy"), expected[0])
+    assert_relevance_close(np.load(out / f"{PNGS[0].stem}.npy"), expected[1])
     assert {r["explained_class"] for r in read_summary(out)} == {"3"}
+
+
+def test_shipped_shapes_model_explained_with_default_flags(tmp_path, capsys):
+    """The shapes model starts with Rescaling(1/255): image files are fed as pixels 0..255, and
+    the held-out examples are classified as their file names say."""
+    model = load_model(SHAPES)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "explain", SHAPES, SHAPE_PNGS[0].parent, "--out", out)
+    assert code == 0, err
+    assert "input range [0, 255] (the model starts with Rescaling)" in err
+    assert "warning" not in err
+    x = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in SHAPE_PNGS])
+    with pytest.warns(UserWarning, match="softmax"):
+        expected = Analyzer(model)(x)
+    for png, relevance in zip(SHAPE_PNGS, expected):
+        assert_relevance_close(np.load(out / f"{png.stem}.npy"), relevance)
+    rows = read_summary(out)
+    assert [r["input"] for r in rows] == [p.stem for p in SHAPE_PNGS]
+    labels = [p.stem.split("_", 1)[1] for p in SHAPE_PNGS]
+    assert [SHAPES_CLASSES[int(r["predicted_class"])] for r in rows] == labels
+
+    # z^B bounds default to the input range in the model's input space: [0, 255]
+    arrays = ROOT / "examples" / "shapes_32.npy"
+    code, _, _ = run(capsys, "explain", SHAPES, arrays, "--out", tmp_path / "box",
+                     "--composite", "epsilon_gamma_box", "-q")
+    assert code == 0
+    with pytest.warns(UserWarning, match="softmax"):
+        expected = Analyzer(model, "epsilon_gamma_box", low=0.0, high=255.0)(np.load(arrays))
+    for i, relevance in enumerate(expected):
+        assert_relevance_close(np.load(tmp_path / "box" / f"shapes_32_{i}.npy"), relevance)
+    assert [SHAPES_CLASSES[int(r["predicted_class"])] for r in read_summary(tmp_path / "box")] \
+        == labels
+
+
+def test_model_without_preprocessing_gets_minus1_1_with_a_warning(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    hidden = keras.layers.Conv2D(2, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(hidden)))
+    model.save(tmp_path / "plain.keras")
+    code, _, err = run(capsys, "explain", tmp_path / "plain.keras", PNGS[0], "--out",
+                       tmp_path / "o", "--composite", "epsilon_gamma_box", "-q")
+    assert code == 0
+    assert "warning: the model carries no preprocessing" in err and "--scale 0_1" in err
+    expected = Analyzer(model, "epsilon_gamma_box", low=-1.0, high=1.0)(
+        png_as_input(PNGS[0])[None] / 127.5 - 1.0)
+    assert_relevance_close(np.load(tmp_path / "o" / f"{PNGS[0].stem}.npy"), expected[0])
+    # a named range: no warning, and the line says where it comes from
+    code, _, err = run(capsys, "explain", tmp_path / "plain.keras", PNGS[0], "--out",
+                       tmp_path / "o2", "--scale", "minus1_1")
+    assert code == 0 and "warning" not in err and "input range [-1, 1] (--scale minus1_1)" in err
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A model with a custom layer and a sigmoid gate: Squash(Dense(x)) * sigmoid(Dense(x))."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6,))
+    signal = Squash(name="my_squash")(keras.layers.Dense(5, name="d1")(inputs))
+    gate = keras.layers.Dense(5, activation="sigmoid", name="gate")(inputs)
+    hidden = keras.layers.Multiply(name="mul")([signal, gate])
+    model = keras.Model(inputs, keras.layers.Dense(3, name="top")(hidden))
+    folder = tmp_path_factory.mktemp("gated")
+    model.save(folder / "gated.keras")
+    np.save(folder / "x.npy", np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32))
+    return folder
+
+
+def _rule_case(name, request):
+    """(model file, input .npy, CLI options, composite with the overrides, composite without)."""
+    if name == "dense_epsilon":
+        inputs = request.getfixturevalue("inputs")
+        return (MLP, inputs / "batch.npy", ["--rule", "Dense=epsilon:epsilon=0.1"],
+                composites.Overrides(composites.EpsilonPlus(), [("Dense", rules.Epsilon(0.1))]),
+                composites.EpsilonPlus())
+    if name == "name_beats_class":
+        inputs = request.getfixturevalue("inputs")
+        return (MLP, inputs / "batch.npy",
+                ["--rule", "output=zero", "--rule", "Dense=epsilon:epsilon=0.1"],
+                composites.Overrides(composites.EpsilonPlus(),
+                                     [("output", rules.Zero()), ("Dense", rules.Epsilon(0.1))]),
+                composites.Overrides(composites.EpsilonPlus(), [("Dense", rules.Epsilon(0.1))]))
+    if name == "first_layer_flat":
+        box = composites.EpsilonGammaBox(low=0.0, high=255.0)
+        return (LENET, ROOT / "examples" / "digits_32.npy",
+                ["--composite", "epsilon_gamma_box", "--rule", "conv1=flat"],
+                composites.Overrides(box, [("conv1", rules.Flat())]), box)
+    folder = request.getfixturevalue("gated")  # custom layer and gate
+    squash = composites.Overrides(composites.EpsilonPlus(), [("Squash", rules.Pass())])
+    return (folder / "gated.keras", folder / "x.npy",
+            ["--rule", "Squash=pass", "--rule", "Multiply=uniform_product"],
+            composites.Overrides(composites.EpsilonPlus(), [("Squash", rules.Pass()),
+                                                            ("Multiply", rules.UniformProduct())]),
+            squash)
+
+
+@pytest.mark.parametrize("case", ["dense_epsilon", "name_beats_class", "first_layer_flat",
+                                  "custom_layer_and_product"])
+def test_rule_option_equals_overrides(case, request, tmp_path, capsys):
+    """--rule KEY=RULE[:p=v] changes the relevance exactly as composites.Overrides does."""
+    model_path, x_path, options, composite, without = _rule_case(case, request)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "explain", model_path, x_path, "--out", out, "-q", *options)
+    assert code == 0, err
+    x = np.load(x_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*softmax")
+        model = load_model(model_path)
+        expected = Analyzer(model, composite)(x)
+        other = Analyzer(model, without)(x)
+    saved = np.stack([np.load(out / f"{x_path.stem}_{i}.npy") for i in range(len(x))])
+    np.testing.assert_allclose(saved, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert np.abs(saved - other).max() > 1e-3 * np.abs(other).max()  # the rule made a difference
 
 
 def test_any_image_size_and_flat_inputs(tmp_path, capsys):
@@ -307,27 +475,77 @@ def test_any_image_size_and_flat_inputs(tmp_path, capsys):
     assert [r["input"] for r in read_summary(tmp_path / "o2")] == ["v_0", "v_1"]
 
 
+def info_table(out: str) -> dict[str, list[str]]:
+    """``tf-lrp info`` rows after the blank line: node -> [layer class, rule]."""
+    rows = out.split("\n\n", 1)[1].splitlines()[1:]
+    return {line.split()[0]: line.split(None, 2)[1:] for line in rows if line}
+
+
 def test_info_lists_nodes_and_rules(capsys):
     code, out, err = run(capsys, "info", MLP, "--composite", "epsilon_gamma_box",
                          "--scale", "0_1", "--param", "gamma=0.5", "--param", "epsilon=0.1")
     assert code == 0
     assert "(28, 28, 1)" in out and "10 output values" in out
+    assert "input range [0, 1] (--scale 0_1)" in out
     assert "softmax is stripped" in out and err.count("softmax") == 1  # one short note
-    table = {line.split()[0]: line.split(None, 2)[1:] for line in out.splitlines()[5:] if line}
+    table = info_table(out)
+    assert table["preprocess"] == ["Rescaling", "Pass()"]
     assert table["flatten"] == ["Flatten", "Route()"]
     assert table["dense1"] == ["Dense", "ZBox(low=0.0, high=1.0)"]  # bounds from --scale
     assert table["dense2"] == ["Dense", "Epsilon(epsilon=0.1, bias=True)"]
     assert table["dense1/activation"] == ["activation", "Pass()"]
 
 
+def test_info_input_range_comes_from_the_model(tmp_path, capsys):
+    """--scale auto (default): a model starting with Rescaling takes pixels 0..255, and the
+    z^B bounds are [0, 255] in its input space; a model without preprocessing gets [-1, 1]
+    with a warning."""
+    code, out, err = run(capsys, "info", SHAPES, "--composite", "epsilon_gamma_box")
+    assert code == 0 and "warning" not in err
+    assert "input range [0, 255] (the model starts with Rescaling)" in out
+    assert info_table(out)["block1_conv+block1_bn"] == ["Conv2D", "ZBox(low=0.0, high=255.0)"]
+
+    inputs = keras.Input((8, 8, 3))
+    normalized = keras.layers.Normalization(mean=[120.0, 110.0, 100.0],
+                                            variance=[3600.0, 3500.0, 3400.0])(inputs)
+    hidden = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, name="conv")(normalized))
+    keras.Model(inputs, keras.layers.Dense(2)(hidden)).save(tmp_path / "normalized.keras")
+    code, out, err = run(capsys, "info", tmp_path / "normalized.keras", "--composite",
+                         "deep_taylor")
+    assert code == 0 and "warning" not in err
+    assert "input range [0, 255] (the model starts with Normalization)" in out
+    assert info_table(out)["conv"] == ["Conv2D", "ZBox(low=0.0, high=255.0)"]
+
+    hidden = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, name="conv")(inputs))
+    keras.Model(inputs, keras.layers.Dense(2)(hidden)).save(tmp_path / "plain.keras")
+    code, out, err = run(capsys, "info", tmp_path / "plain.keras", "--composite", "deep_taylor")
+    assert code == 0
+    assert "input range [-1, 1] (assumed: the model carries no preprocessing" in out
+    assert "warning: the model carries no preprocessing" in err and "--scale" in err
+    assert info_table(out)["conv"] == ["Conv2D", "ZBox(low=-1.0, high=1.0)"]
+
+
 def test_info_flags_unsupported_layers(tmp_path, capsys):
-    inputs = keras.Input((4,))
-    hidden = keras.layers.LayerNormalization(name="my_norm")(keras.layers.Dense(3)(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
-    model.save(tmp_path / "norm.keras")
-    code, out, err = run(capsys, "info", tmp_path / "norm.keras")
-    assert code == 2
-    assert "my_norm" in err and "LayerNormalization" in err and "Traceback" not in err
+    inputs = keras.Input((6, 6, 1))
+    hidden = keras.layers.Conv2D(3, 3, name="conv")(inputs)
+    hidden = Squash(name="my_squash")(hidden)
+    hidden = keras.layers.Flatten(name="flat")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="top")(hidden))
+    model.save(tmp_path / "custom.keras")
+    code, out, err = run(capsys, "info", tmp_path / "custom.keras", "--scale", "0_1")
+    assert code == 2 and "Traceback" not in err
+    table = info_table(out)
+    assert list(table) == ["conv", "my_squash", "flat", "top"]  # every layer is listed
+    assert table["my_squash"][0] == "Squash"
+    assert table["my_squash"][1].startswith("UNSUPPORTED: ")
+    assert table["conv"] == ["Conv2D", "ZPlus()"] and table["top"][1].startswith("Epsilon(")
+    assert "my_squash" in err and "Squash" in err and "--rule Squash=pass" in err
+    assert "epsilon, flat, gamma, pass" in err  # the rule names
+
+    code, out, err = run(capsys, "info", tmp_path / "custom.keras", "--scale", "0_1",
+                         "--rule", "Squash=pass")
+    assert code == 0, err
+    assert info_table(out)["my_squash"] == ["Squash", "Pass()"]
 
 
 def test_composites_lists_names_and_parameters(capsys):
@@ -352,6 +570,16 @@ def test_composites_lists_names_and_parameters(capsys):
         (["explain", str(MLP), str(PNGS[0]), "--out", "unused", "--param", "gamma=high"],
          "must be a number"),
         (["explain", str(MLP), str(PNGS[0])], "--out"),
+        (["info", str(MLP), "--rule", "Dense=nope"],
+         "unknown rule 'nope' in 'Dense=nope'; rules: alpha_beta, epsilon, flat, gamma, pass"),
+        (["explain", str(MLP), str(PNGS[0]), "--out", "unused", "--rule", "Dense=epsilon:gamma=1"],
+         "bad parameters for rule 'epsilon'"),
+        (["info", str(MLP), "--rule", "Dense=epsilon:epsilon=big"], "must be a number"),
+        (["info", str(MLP), "--rule", "Dense"], "expected CLASS_OR_LAYER_NAME=RULE"),
+        (["explain", str(MLP), str(PNGS[0]), "--out", "unused", "--rule", "Conv2D=flat"],
+         "no layer of the model is named 'Conv2D' and none is of class 'Conv2D'; its layer "
+         "classes: Dense, Flatten, Rescaling"),
+        (["info", str(SHAPES), "--rule", "block1_bn=flat"], "has no node of its own"),
     ],
 )
 def test_errors_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):

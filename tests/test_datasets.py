@@ -1,4 +1,9 @@
-"""Tests of tf_lrp.datasets, the shipped models in saved_models/ and the examples/ inputs."""
+"""Tests of tf_lrp.datasets, the shipped models in saved_models/ and the examples/ inputs.
+
+The shipped models carry their preprocessing: each starts with a Rescaling layer and takes raw
+pixel values 0..255 (the data sets are in [-1, 1] for digits and [0, 1] for shapes; the
+example arrays hold the pixel values).
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ def test_digits_padding_frames_the_28x28_digits():
     x28, y28 = load_digits()
     x32, y32 = load_digits(pad=LENET_PAD)
     assert x32.shape == (450, 32, 32, 1)
+    # exact: the same 28x28 drawing, then padded
     np.testing.assert_array_equal(x32[:, 2:-2, 2:-2], x28)
     np.testing.assert_array_equal(y32, y28)
     border = np.ones((32, 32), dtype=bool)
@@ -93,7 +99,7 @@ def test_digits_are_deterministic_and_independent_copies():
     y1[:] = 0
     x2, y2 = load_digits(split="train")
     x3, y3 = load_digits(split="train")
-    np.testing.assert_array_equal(x2, x3)
+    np.testing.assert_array_equal(x2, x3)  # the same computation twice: exact
     np.testing.assert_array_equal(y2, y3)
     assert x2.min() == -1.0 and y2.max() == 9
 
@@ -149,6 +155,7 @@ def test_shapes_masks_are_non_empty_inside_and_uniformly_coloured(shapes):
 
 
 def test_shapes_deterministic_prefix_stable_and_seed_dependent(shapes):
+    # exact: sample i is drawn by the same code from the same (seed, i) in every call
     again = make_shapes(200, seed=3)
     for a, b in zip(shapes, again, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -183,11 +190,26 @@ def test_shapes_bad_arguments_raise_input_error(kwargs, name):
 
 # --------------------------------------------------------------------------- shipped models
 
+
+def digit_pixels(x: np.ndarray) -> np.ndarray:
+    """Digits in [-1, 1] as the pixel values 0..255 the shipped digit models take (the
+    computation of scripts/_training.to_pixels)."""
+    return ((x.astype(np.float64) + 1.0) * 127.5).astype(np.float32)
+
+
+def shape_pixels(x: np.ndarray) -> np.ndarray:
+    """Shapes in [0, 1] as the pixel values 0..255 the shipped shapes model takes (the
+    computation of scripts/_training.to_pixels)."""
+    return (x.astype(np.float64) * 255.0).astype(np.float32)
+
+
 MODELS = {
-    # file: (held-out data, minimum accuracy)
-    "digits_mlp.h5": (lambda: load_digits(split="test"), 0.95),
-    "digits_lenet.h5": (lambda: load_digits(split="test", pad=LENET_PAD), 0.95),
-    "shapes_resnet.keras": (lambda: make_shapes(400, seed=SHAPES_TEST_SEED)[:2], 0.90),
+    # file: (held-out data, as pixels, minimum accuracy, the range the trained network expects)
+    "digits_mlp.h5": (lambda: load_digits(split="test"), digit_pixels, 0.95, (-1.0, 1.0)),
+    "digits_lenet.h5": (lambda: load_digits(split="test", pad=LENET_PAD), digit_pixels, 0.95,
+                        (-1.0, 1.0)),
+    "shapes_resnet.keras": (lambda: make_shapes(400, seed=SHAPES_TEST_SEED)[:2], shape_pixels,
+                            0.90, (0.0, 1.0)),
 }
 
 
@@ -198,9 +220,13 @@ def test_shipped_model_accuracy(filename):
     assert path.stat().st_size < 5 * 2**20
     model = keras.models.load_model(path, compile=False)
     assert model.layers[-1].activation is keras.activations.softmax
-    data, threshold = MODELS[filename]
+    data, to_pixels, threshold, (low, high) = MODELS[filename]
+    # the preprocessing is part of the model: Rescaling maps 0..255 onto [low, high]
+    first = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)][0]
+    assert isinstance(first, keras.layers.Rescaling) and first.name == "preprocess"
+    np.testing.assert_allclose([first.scale, first.offset], [(high - low) / 255.0, low])
     x, y = data()
-    predictions = model.predict(x, batch_size=256, verbose=0)
+    predictions = model.predict(to_pixels(x), batch_size=256, verbose=0)
     np.testing.assert_allclose(predictions.sum(axis=-1), 1.0, rtol=1e-5)
     accuracy = np.mean(np.argmax(predictions, axis=-1) == y)
     assert accuracy >= threshold, f"{filename}: held-out accuracy {accuracy:.3f}"
@@ -224,14 +250,42 @@ def test_digit_examples_match_the_test_split():
         assert label == y[index]
         np.testing.assert_allclose(pixels / 127.5 - 1.0, x28[index, ..., 0], atol=0.5 / 127.5)
         indices.append(index)
-    np.testing.assert_array_equal(np.load(EXAMPLES / "digits_32.npy"), x32[indices])
+    arrays = np.load(EXAMPLES / "digits_32.npy")  # pixel values 0..255 (float32, not rounded)
+    assert arrays.dtype == np.float32 and arrays.min() == 0.0 and arrays.max() == 255.0
+    # exact: the file was written from load_digits by the same computation
+    # (scripts/train_digits.py with scripts/_training.to_pixels)
+    np.testing.assert_array_equal(arrays, digit_pixels(x32[indices]))
 
 
 def test_shape_examples_match_the_held_out_shapes():
+    from PIL import Image
+
     x, y, masks = make_shapes(40, seed=SHAPES_TEST_SEED)
     files = sorted((EXAMPLES / "shapes").glob("*.png"))
     indices = [int(re.fullmatch(r"test(\d+)_\w+\.png", f.name).group(1)) for f in files]
     assert sorted(SHAPES_CLASSES[y[i]] for i in indices) == sorted(SHAPES_CLASSES)
     assert [f.name.split("_", 1)[1][:-4] for f in files] == [SHAPES_CLASSES[y[i]] for i in indices]
-    np.testing.assert_array_equal(np.load(EXAMPLES / "shapes_32.npy"), x[indices])
+    arrays = np.load(EXAMPLES / "shapes_32.npy")  # pixel values 0..255 (float32, not rounded)
+    assert arrays.dtype == np.float32 and arrays.min() >= 0.0 and arrays.max() <= 255.0
+    # exact: written from make_shapes by the same computation (scripts/train_shapes.py with
+    # scripts/_training.to_pixels)
+    np.testing.assert_array_equal(arrays, shape_pixels(x[indices]))
     np.testing.assert_array_equal(np.load(EXAMPLES / "shapes_masks.npy"), masks[indices])
+    for file, image in zip(files, arrays, strict=True):  # the PNGs are the arrays, rounded
+        pixels = np.asarray(Image.open(file).convert("RGB"), np.float32)
+        np.testing.assert_allclose(pixels, image, rtol=0, atol=0.5 + 1e-3)
+
+
+@pytest.mark.parametrize(("filename", "arrays"), [("digits_lenet.h5", "digits_32.npy"),
+                                                  ("shapes_resnet.keras", "shapes_32.npy")])
+def test_shipped_models_classify_the_example_arrays(filename, arrays):
+    """The example arrays are held-out samples the models get right, fed as pixels 0..255."""
+    import tf_lrp
+
+    model = tf_lrp.load_model(SAVED_MODELS / filename)
+    predicted = np.argmax(model.predict(np.load(EXAMPLES / arrays), verbose=0), axis=-1)
+    folder = EXAMPLES / ("digits" if filename.startswith("digits") else "shapes")
+    names = [f.stem.split("_", 1)[1] for f in sorted(folder.glob("*.png"))]
+    expected = [int(n[len("label"):]) if n.startswith("label") else SHAPES_CLASSES.index(n)
+                for n in names]
+    assert predicted.tolist() == expected

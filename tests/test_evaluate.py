@@ -58,9 +58,11 @@ def random_masks(n=6, size=10, seed=0):
 def test_mask_as_explanation_localises_perfectly():
     masks = random_masks()
     relevance = np.repeat(masks[..., None].astype(np.float32), 3, axis=-1) / 3  # RGB channels
+    # exact: all positive relevance is inside the mask, so the mass inside and the total are
+    # sums of the very same array; the rank accuracy counts pixels
     np.testing.assert_array_equal(evaluate.relevance_mass_accuracy(relevance, masks), 1.0)
     np.testing.assert_array_equal(evaluate.relevance_rank_accuracy(relevance, masks), 1.0)
-    inverse = (~masks).astype(np.float32)
+    inverse = (~masks).astype(np.float32)  # nothing positive inside: a sum of zeros
     np.testing.assert_array_equal(evaluate.relevance_mass_accuracy(inverse, masks), 0.0)
     np.testing.assert_array_equal(evaluate.relevance_rank_accuracy(inverse, masks), 0.0)
 
@@ -196,12 +198,69 @@ def test_model_independent_explanations_fail_the_sanity_check(cnn, images):
     assert gradient.similarity[-1].mean() < 0.3 and gradient.similarity_abs[-1].mean() < 0.3
     assert gradient.passes()
     for before, after in zip(weights, cnn.get_weights()):  # the model itself is untouched
-        np.testing.assert_array_equal(before, after)
+        np.testing.assert_array_equal(before, after)  # stored values, not recomputed: exact
+
+
+def _weights_by_layer(model) -> dict[str, list[np.ndarray]]:
+    return {layer.name: [w.copy() for w in layer.get_weights()] for layer in model.layers
+            if layer.weights}
 
 
 def test_randomisation_of_chosen_layers_and_unknown_name(cnn, images):
-    check = evaluate.model_randomisation(cnn, Gradient, images[:5], layers=["conv2d"])
-    assert check.similarity.shape == (1, 5)
+    """Only the chosen layers are randomised, one after the other (cascading), and each
+    similarity is the rank correlation of that step's map with the original map."""
+    from scipy.stats import spearmanr
+
+    x = images[:5]
+    original = _weights_by_layer(cnn)
+    seen = []  # per call of the method: the weights of the model it explained, its relevance
+
+    def recording_gradient(model):
+        gradient = Gradient(model)
+
+        def explain(batch, target=None):
+            relevance = gradient(batch, target)
+            seen.append((_weights_by_layer(model), relevance))
+            return relevance
+
+        return explain
+
+    check = evaluate.model_randomisation(cnn, recording_gradient, x, layers=["dense", "conv2d"])
+    assert check.layers == ["dense", "conv2d"]
+    assert check.similarity.shape == check.similarity_abs.shape == (2, 5)
+    assert len(seen) == 3  # the original, then one call per randomised layer
+    assert set(original) == {"conv2d", "conv_b", "dense", "top"}
+    assert all(set(weights) == set(original) for weights, _ in seen)
+
+    # weights are compared as stored (copies, nothing recomputed): exactly
+    def changed(weights):
+        return {name for name, values in original.items()
+                if any(not np.array_equal(a, b) for a, b in zip(weights[name], values))}
+
+    assert [changed(weights) for weights, _ in seen] == [set(), {"dense"}, {"dense", "conv2d"}]
+    for step, name in ((1, "dense"), (2, "conv2d")):
+        for new, old in zip(seen[step][0][name], original[name]):
+            assert np.all(new != old)  # every weight of the chosen layer is new
+    # cascading: "dense" keeps its randomised weights while "conv2d" is randomised in turn
+    for a, b in zip(seen[2][0]["dense"], seen[1][0]["dense"]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(seen[1][1], seen[0][1], atol=1e-4)  # the maps did change
+
+    def by_hand(a, b):  # Spearman per sample over pixels, channels summed
+        a, b = a.sum(axis=-1).reshape(len(a), -1), b.sum(axis=-1).reshape(len(b), -1)
+        return np.array([spearmanr(u, v).statistic for u, v in zip(a, b)])
+
+    reference = seen[0][1]
+    for i, (_, relevance) in enumerate(seen[1:]):
+        np.testing.assert_allclose(check.similarity[i], by_hand(reference, relevance),
+                                   rtol=1e-9, atol=1e-12)
+        expected_abs = by_hand(np.abs(reference.sum(-1, keepdims=True)),
+                               np.abs(relevance.sum(-1, keepdims=True)))
+        np.testing.assert_allclose(check.similarity_abs[i], expected_abs, rtol=1e-9, atol=1e-12)
+    for name, values in _weights_by_layer(cnn).items():  # the model itself is untouched
+        for a, b in zip(values, original[name]):
+            np.testing.assert_array_equal(a, b)
+
     with pytest.raises(InputError, match="no layer with weights named"):
         evaluate.model_randomisation(cnn, Gradient, images[:5], layers=["nope"])
 

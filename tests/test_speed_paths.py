@@ -4,10 +4,16 @@ Three mechanisms make LRP cheaper without changing what it computes; each is che
 plain path it replaces:
 
 - recomputation (``Analyzer._recompute_plan``): values a rule reads are rebuilt in the backward
-  pass from a kept ``z0`` instead of being kept from the forward pass: bit for bit the same;
+  pass from a kept ``z0`` instead of being kept from the forward pass: the same operations on the
+  same values, but another graph, in which oneDNN may fuse or pick kernels differently, so the
+  results are compared up to float rounding;
 - fused terms (``Linear.input_axis``): a rule group with several terms runs as one operation on
   stacked inputs and kernels: equal to the term-by-term sum up to float rounding;
-- out-of-memory splitting: a step that runs out of memory is halved and retried.
+- out-of-memory splitting: a step that runs out of memory is halved and retried (other steps
+  than the whole batch: equal up to float rounding, as any other batch split).
+
+Tolerances: ``rtol=1e-5`` and ``atol`` a small fraction of the largest value compared; a wrong
+rule, a dropped term or a lost sample changes results by far more.
 """
 
 from __future__ import annotations
@@ -58,6 +64,12 @@ def residual_bn() -> keras.Model:
     return model
 
 
+def assert_close(actual, expected, scale: float = 1e-5) -> None:
+    """Equal up to float32 rounding (``atol`` relative to the largest expected value)."""
+    expected = np.asarray(expected)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=scale * np.abs(expected).max())
+
+
 def _input(model, n=3, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (n, *model.inputs[0].shape[1:])).astype("float32")
 
@@ -67,13 +79,15 @@ COMPOSITES = ["epsilon", "epsilon_plus", "epsilon_alpha2_beta1", "epsilon_gamma_
 
 
 @pytest.mark.parametrize("name", COMPOSITES)
-def test_recomputing_is_bit_exact(name):
+def test_recomputing_changes_no_result(name):
     model = vgg_like()
     x = _input(model)
     planned = tf_lrp.Analyzer(model, name)
     kept = tf_lrp.Analyzer(model, name)
     kept._recompute = {}
-    np.testing.assert_array_equal(planned(x), kept(x))
+    expected = kept(x)
+    assert np.abs(expected).max() > 0
+    assert_close(planned(x), expected)
 
 
 @pytest.mark.parametrize("name", COMPOSITES)
@@ -84,8 +98,7 @@ def test_recomputing_with_folded_batchnorm(name):
     x = _input(model)
     planned, kept = tf_lrp.Analyzer(model, name), tf_lrp.Analyzer(model, name)
     kept._recompute = {}
-    a, b = planned(x), kept(x)
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
+    assert_close(planned(x), kept(x), 1e-6)
 
 
 def _planned_names(analyzer) -> set[str]:
@@ -161,7 +174,7 @@ def test_fused_terms_equal_term_by_term(make, rule):
         if node.linear is not None:
             node.linear.input_axis = None
     a, b = fused(x), single(x)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+    assert_close(a, b, 1e-6)
     assert np.abs(b).max() > 0
     assert _concats(fused, x) > 0 and _concats(single, x) == 0
 
@@ -188,14 +201,17 @@ def test_out_of_memory_step_is_halved():
     with pytest.warns(ResourceWarning, match="out of memory on a step of 10 samples; continuing "
                                              "with 5.*batch_size=5"):
         result = analyzer(x)
-    np.testing.assert_array_equal(result, expected)
+    # computed in steps of 2 against one step of 10: equal up to float rounding
+    assert_close(result, expected)
     assert sizes == [10, 5, 2, 2, 2, 2, 2]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the smaller step is kept: no new warning
-        np.testing.assert_array_equal(analyzer(x), expected)
+        again = analyzer(x)
     assert sizes[7:] == [2] * 5
+    # the same steps of 2 through the same function as `result`: the same computation
+    np.testing.assert_array_equal(again, result)
     analyzer._predict_fn, psizes = _oom_after(3, analyzer._predict_fn)
-    np.testing.assert_array_equal(analyzer.predict(x), expected_y)
+    assert_close(analyzer.predict(x), expected_y)
     assert psizes == [2] * 5
 
 
@@ -220,4 +236,4 @@ def test_recomputing_on_resnet50_architecture():
         kept._recompute = {}
         a, b = planned(x), kept(x)
         assert np.abs(b).max() > 0
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+        assert_close(a, b)

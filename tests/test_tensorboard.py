@@ -186,6 +186,8 @@ def test_callback_builds_the_analyzer_once_and_closes_writer(trained):
     for callback in trained["callbacks"]:
         assert callback._writer is None  # closed on_train_end
     every = trained["callbacks"][0]
+    # the very call the callback makes (same analyzer, same 3 samples, same target, final
+    # weights), so the same relevance and the same picture
     relevance = every.analyzer(trained["x"][:3], target=1)
     np.testing.assert_array_equal(
         visualize.heatmap(relevance),

@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "analyzer", "analyzers", "baselines", "callbacks", "canonizers", "cli", "composites",
-    "datasets", "evaluate", "graph", "io", "keras_adapter", "layers", "rules", "summary",
-    "visualize",
+    "datasets", "evaluate", "graph", "io", "keras_adapter", "layers", "plan", "rules", "summary",
+    "visualize", "weightless",
 }
 _NAMES = {"Analyzer": "tf_lrp.analyzer", "load_model": "tf_lrp.io"}
 

@@ -4,13 +4,13 @@
 
     tf-lrp explain MODEL INPUT... --out DIR [options]
     tf-lrp composites
-    tf-lrp info MODEL [--composite NAME]
+    tf-lrp info MODEL [--composite NAME] [--rule KEY=RULE ...]
 
 ``explain`` writes, for every input sample, ``DIR/<name>.npy`` (the relevance, float32, the
 sample's shape) and ``DIR/<name>.png`` (the heatmap, enlarged ``--zoom`` times, default about
 128 pixels), plus one ``DIR/summary.csv``. When the sample is an image (an image file, or an
 array of shape ``(h, w)``, ``(h, w, 1)`` or ``(h, w, 3)``) an overlay of the heatmap on it is
-drawn beside the heatmap; image files are drawn in their ``--scale`` range, arrays
+drawn beside the heatmap; image files are drawn in their input range, arrays
 contrast-stretched. Other shapes: a 1-D sample is drawn as a strip, ``(h, w, c)`` with the
 channels summed, higher ranks as the channel-summed slices stacked vertically.
 
@@ -18,12 +18,33 @@ Inputs
 ------
 - Image files (PNG, JPEG, BMP, GIF, TIFF, WebP): converted to the model's channel count
   (1: grayscale, 3: RGB, 4: RGBA), resized (bilinear) to the model's input height and width,
-  then mapped linearly from 0..255 to the range ``--scale`` names (default ``minus1_1``,
-  i.e. [-1, 1], what the shipped digit models take; ``0_1`` for the shapes model).
+  then mapped linearly from 0..255 to the model's input range.
 - ``.npy`` arrays, taken as they are (no scaling): one sample of the model's input shape
   (output name ``<stem>``) or a batch ``(n, *input_shape)`` (output names ``<stem>_<i>``).
 - Directories: their image and ``.npy`` files (not recursive, sorted by name, hidden files and
   other extensions ignored).
+
+The input range
+---------------
+The preprocessing belongs with the model. With ``--scale auto`` (the default), a model that
+starts with a ``Rescaling`` or ``Normalization`` layer (before its first layer with weights;
+the shipped models do) takes raw pixel values: image files are fed as 0..255. A model without
+one gets [-1, 1], with a warning that the range is assumed (``--scale minus1_1|0_1|0_255``
+names it). The input bounds ``low``/``high`` of composites and rules with bounds (z^B:
+``epsilon_gamma_box``, ``deep_taylor``, ``z_box``) default to the same range, in the model's
+input space (the engine maps them through the preprocessing layers). The range used is
+printed (``input range [0, 255] (the model starts with Rescaling)``).
+
+Rules for single layers
+-----------------------
+``--rule KEY=RULE[:param=value[,param=value]]`` (repeatable) gives the layers that ``KEY``
+names the rule ``RULE`` (see ``tf-lrp composites``), before the composite decides:
+``KEY`` is a layer class (``Dense``, ``Multiply``, ``MyLayer``; also Keras op classes such as
+``Add`` for ``x + y``) or a layer name (``conv1``). Examples: ``--rule Multiply=uniform_product``,
+``--rule conv1=flat``, ``--rule Dense=epsilon:epsilon=0.1``, ``--rule MyLayer=pass``. The same
+as ``composites.Overrides(composite, [(KEY, rule), ...])`` in Python. A layer name wins over a
+class name; of several ``--rule`` for the same key, the last wins. A key that names no layer and
+no layer class of the model is an error.
 
 An input that cannot be read, has the wrong shape, holds NaN/Inf or whose output name is taken
 by an earlier input is reported on stderr and skipped; the others still run.
@@ -42,7 +63,8 @@ with the same model and options. Without ``--resume`` everything given is explai
 and ``summary.csv`` lists this run only.
 
 Exit codes: 0 all inputs explained; 1 some inputs skipped; 2 usage error, or a model that
-cannot be loaded or explained (the message says why); 130 interrupted.
+cannot be loaded or explained (the message says why; ``tf-lrp info MODEL`` then lists every
+layer and flags the ones no rule fits); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -50,6 +72,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import inspect
 import io
 import os
 import re
@@ -75,7 +98,13 @@ SCALES: dict[str, tuple[float, float]] = {
     "0_1": (0.0, 1.0),
     "0_255": (0.0, 255.0),
 }
-DEFAULT_SCALE = "minus1_1"
+#: ``--scale auto``: 0_255 for a model that starts with one of these layer classes (before its
+#: first layer with weights), otherwise ASSUMED_SCALE with a warning.
+AUTO_SCALE = "auto"
+PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
+PREPROCESSED_SCALE = "0_255"
+ASSUMED_SCALE = "minus1_1"
+DEFAULT_SCALE = AUTO_SCALE
 DEFAULT_COMPOSITE = "epsilon_plus"
 DEFAULT_BATCH_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -93,8 +122,9 @@ examples:
   tf-lrp explain saved_models/digits_mlp.h5 examples/digits --out heatmaps
   tf-lrp explain saved_models/digits_lenet.h5 examples/digits_32.npy --out lenet \\
       --composite epsilon_gamma_box --target 3
-  tf-lrp explain saved_models/shapes_resnet.keras examples/shapes --scale 0_1 --out shapes \\
-      --composite epsilon_gamma_box --param gamma=0.5
+  tf-lrp explain saved_models/shapes_resnet.keras examples/shapes --out shapes \\
+      --composite epsilon_gamma_box --param gamma=0.5 --rule block1_conv=flat
+  tf-lrp explain model.keras photos/ --out out --scale 0_1   # a model trained on [0, 1]
   tf-lrp explain model.keras photos/ --out out --resume      # continue an interrupted run
 
 outputs (in --out DIR):
@@ -103,18 +133,24 @@ outputs (in --out DIR):
   summary.csv   input,predicted_class,explained_class,logit,relevance_sum
 
 image preprocessing: convert to the model's channel count, resize (bilinear) to its input
-size, map 0..255 linearly to the --scale range. .npy inputs are used as they are.
+size, map 0..255 linearly to the input range: with --scale auto (default) 0..255 as they are
+if the model starts with a Rescaling or Normalization layer, else [-1, 1] (with a warning).
+.npy inputs are used as they are.
+rules: --rule KEY=RULE[:param=value,...], KEY a layer class or layer name (repeatable), e.g.
+  --rule Multiply=uniform_product --rule conv1=flat --rule Dense=epsilon:epsilon=0.1
 exit codes: 0 ok, 1 some inputs skipped (reported on stderr), 2 usage or model error.
 """
 
 _EPILOG_INFO = """\
 examples:
   tf-lrp info saved_models/digits_lenet.h5
-  tf-lrp info saved_models/shapes_resnet.keras --composite epsilon_gamma_box --scale 0_1
+  tf-lrp info saved_models/shapes_resnet.keras --composite epsilon_gamma_box
+  tf-lrp info model.keras --rule MyLayer=pass --rule Dense=epsilon:epsilon=0.1
 
 Lists the model's canonized nodes (BatchNormalization folded into the layer before it,
-activations split off, a final softmax stripped) and the rule each gets. Exit code 2 if a
-layer has no rule; the message names it.
+activations split off, a final softmax stripped), the rule each gets and the input range.
+If no rule fits some layers, every layer is still listed, those are flagged UNSUPPORTED with
+the reason, the fix (--rule CLASS=RULE) is printed and the exit code is 2.
 """
 
 _EPILOG_COMPOSITES = """\
@@ -123,6 +159,7 @@ examples:
   tf-lrp explain model.h5 x.npy --out out --composite epsilon_gamma_box --param gamma=0.5
 
 A rule name works as a composite too: that rule for every layer with weights.
+--rule KEY=RULE[:param=value,...] gives one layer class or named layer another rule.
 """
 
 
@@ -166,6 +203,71 @@ def _param(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"the value of {key.strip()!r} must be a number, got {value!r}") from None
 
 
+@dataclass(frozen=True)
+class RuleOption:
+    """One ``--rule KEY=RULE[:param=value,...]``: parsed and checked, built later (:func:`_overrides`)."""
+
+    key: str
+    rule: str
+    params: tuple[tuple[str, float | bool], ...]
+    text: str
+
+
+_RULE_SYNTAX = ("expected CLASS_OR_LAYER_NAME=RULE[:param=value[,param=value]], e.g. "
+                "Dense=epsilon:epsilon=0.1, conv1=flat or MyLayer=pass")
+
+
+def _rule_value(text: str) -> float | bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return float(text)
+
+
+def _rule_classes() -> dict[str, type]:
+    """``tf_lrp.rules.RULES`` (imports TensorFlow, quietly)."""
+    _engine()
+    from tf_lrp import rules
+
+    return dict(rules.RULES)
+
+
+def _rule_signature(cls: type) -> str:
+    return f"{cls.__name__}{inspect.signature(cls, eval_str=True)}"
+
+
+def _rule_option(text: str) -> RuleOption:
+    """An argparse type: ``KEY=RULE[:param=value,...]`` with a known rule and valid parameters."""
+    key, sep, spec = text.partition("=")
+    name, _, params_text = spec.partition(":")
+    key, name = key.strip(), name.strip().replace("-", "_").lower()
+    if not sep or not key or not name:
+        raise argparse.ArgumentTypeError(f"{_RULE_SYNTAX}; got {text!r}")
+    params: dict[str, float | bool] = {}
+    for item in params_text.split(",") if params_text.strip() else []:
+        param, sep, value = item.partition("=")
+        if not sep or not param.strip():
+            raise argparse.ArgumentTypeError(f"bad parameter {item!r} in {text!r}: {_RULE_SYNTAX}")
+        try:
+            params[param.strip()] = _rule_value(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"the value of {param.strip()!r} in {text!r} must be a number (or true/false), "
+                f"got {value!r}") from None
+    classes = _rule_classes()
+    if name not in classes:
+        raise argparse.ArgumentTypeError(
+            f"unknown rule {name!r} in {text!r}; rules: {', '.join(sorted(classes))} "
+            "(see 'tf-lrp composites')")
+    try:
+        classes[name](**params)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(
+            f"bad parameters for rule {name!r} in {text!r} ({err}); its parameters: "
+            f"{_rule_signature(classes[name])}") from None
+    return RuleOption(key, name, tuple(params.items()), text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tf-lrp`` argument parser (``explain``, ``composites``, ``info``, ``evaluate``)."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -185,13 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts.add_argument(
         "--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
         help="a numeric parameter of the composite, e.g. gamma=0.5 (repeatable); low/high of "
-             "composites with bounds default to the --scale range",
+             "composites with bounds default to the input range",
     )
     model_opts.add_argument(
-        "--scale", "--preprocess", dest="scale", choices=list(SCALES), default=DEFAULT_SCALE,
-        metavar="RANGE",
-        help=f"{', '.join(SCALES)}: the value range image pixels 0..255 are mapped to "
-             f"(default {DEFAULT_SCALE}); also the default input bounds low/high",
+        "--rule", dest="rules", action="append", type=_rule_option, default=[],
+        metavar="KEY=RULE[:P=V,...]",
+        help="give the layers of class KEY, or the layer named KEY, the rule RULE with "
+             "parameters P=V (repeatable; checked before the composite), e.g. "
+             "Multiply=uniform_product, conv1=flat, Dense=epsilon:epsilon=0.1, MyLayer=pass",
+    )
+    model_opts.add_argument(
+        "--scale", "--preprocess", dest="scale", choices=[AUTO_SCALE, *SCALES],
+        default=DEFAULT_SCALE, metavar="RANGE",
+        help=f"{', '.join([AUTO_SCALE, *SCALES])}: the input range image pixels 0..255 are "
+             f"mapped to, also the default input bounds low/high. {AUTO_SCALE} (default): "
+             "0..255 as they are if the model starts with a Rescaling or Normalization layer, "
+             "else [-1, 1] with a warning",
     )
     model_opts.add_argument(
         "--output", dest="model_output", metavar="INDEX|NAME",
@@ -337,15 +448,20 @@ def _engine():
 
 
 def _report_warnings(caught: list[warnings.WarningMessage], quiet: bool) -> bool:
-    """Print recorded warnings as one short line each; return whether a softmax was stripped."""
-    stripped = False
+    """Print recorded warnings as one short line each (repeats once); return whether a softmax
+    was stripped."""
+    stripped, seen = False, set()
     for w in caught:
         text = str(w.message)
+        line = text.splitlines()[0] if text else w.category.__name__
+        if line in seen:
+            continue
+        seen.add(line)
         if "softmax" in text and "stripped" in text:
             stripped = True
             _note("note: the model ends in a softmax; the logits before it are explained", quiet)
         else:
-            _note(f"warning: {text.splitlines()[0] if text else w.category.__name__}", quiet)
+            _note(f"warning: {line}", quiet)
     return stripped
 
 
@@ -353,8 +469,8 @@ def _takes_bounds(signature: str) -> bool:
     return all(re.search(rf"[(,]\s*{p}\b", signature) for p in ("low", "high"))
 
 
-def _composite(tf_lrp, args) -> Any:
-    """The composite named by ``--composite`` with ``--param`` values (bounds from --scale)."""
+def _composite(tf_lrp, args, input_range: tuple[float, float]) -> Any:
+    """The composite named by ``--composite`` with ``--param`` values (bounds: ``input_range``)."""
     name = args.composite.replace("-", "_").lower()
     signatures = dict(tf_lrp.composites.describe())
     if name not in signatures:
@@ -364,7 +480,7 @@ def _composite(tf_lrp, args) -> Any:
         )
     params = dict(args.param)
     if _takes_bounds(signatures[name]):
-        low, high = SCALES[args.scale]
+        low, high = input_range
         params.setdefault("low", low)
         params.setdefault("high", high)
     try:
@@ -379,27 +495,188 @@ def _model_output(text: str | None) -> int | str | None:
     return int(text) if text is not None and text.isdigit() else text
 
 
-def _analyzer(tf_lrp, args, start: str = "output"):
-    """Load the model and build the analyzer; return ``(analyzer, softmax_stripped)``.
+@dataclass
+class _Setup:
+    """A loaded model and what the options decide for it (before an analyzer is built)."""
+
+    model: Any
+    graph: Any  # the canonized tf_lrp.graph.Graph
+    scale: str  # a key of SCALES
+    scale_reason: str
+    assumed: bool  # --scale auto found no preprocessing layer, and the range matters: a guess
+    composite: Any
+    caught: list[warnings.WarningMessage]
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        return SCALES[self.scale]
+
+    def range_text(self) -> str:
+        low, high = self.input_range
+        return f"[{low:g}, {high:g}] ({self.scale_reason})"
+
+    def report_range(self, quiet: bool, to_stdout: bool = False) -> None:
+        """The input range line (a note on stderr, or on stdout for ``info``); the warning
+        about an assumed range is printed even with ``--quiet``."""
+        if to_stdout:
+            print(f"input range {self.range_text()}")
+        else:
+            _note(f"input range {self.range_text()}", quiet)
+        if self.assumed:
+            low, high = self.input_range
+            _note(f"warning: the model carries no preprocessing (no {' or '.join(PREPROCESSING_LAYERS)}"
+                  f" layer before its first layer with weights): image pixels 0..255 are mapped "
+                  f"to [{low:g}, {high:g}] and input bounds default to it. If the model was "
+                  "trained on another range, pass --scale 0_1 or --scale 0_255 (or give the "
+                  "model a keras.layers.Rescaling layer at its start)")
+
+
+def _preprocessing_layer(graph) -> str | None:
+    """The class of the Rescaling/Normalization layer every first layer with weights is reached
+    through from the model input (only layers without weights in between), or ``None``."""
+    import keras
+
+    from tf_lrp import plan
+
+    classes = tuple(getattr(keras.layers, name) for name in PREPROCESSING_LAYERS)
+    chains = plan.input_chains(graph)
+    found = []
+    for node in graph.nodes:
+        if plan.is_weighted(node) and node.name in chains:
+            layers = [n.layer for n in chains[node.name][1] if isinstance(n.layer, classes)]
+            if not layers:
+                return None
+            found.append(type(layers[0]).__name__)
+    return found[0] if found else None
+
+
+def _resolve_scale(args, graph) -> tuple[str, str, bool]:
+    """``(scale, why, assumed)`` for ``--scale`` (``auto``: from the model's first layers)."""
+    if args.scale != AUTO_SCALE:
+        return args.scale, f"--scale {args.scale}", False
+    layer = _preprocessing_layer(graph)
+    if layer is not None:
+        return PREPROCESSED_SCALE, f"the model starts with {layer}", False
+    return ASSUMED_SCALE, "assumed: the model carries no preprocessing; see --scale", True
+
+
+def _uses_bounds(tf_lrp, args) -> bool:
+    """Whether the composite or a ``--rule`` takes input bounds (low/high)."""
+    name = args.composite.replace("-", "_").lower()
+    signature = dict(tf_lrp.composites.describe()).get(name, "")
+    return _takes_bounds(signature) or any(
+        {"low", "high"} <= set(inspect.signature(tf_lrp.rules.RULES[o.rule]).parameters)
+        for o in args.rules)
+
+
+def _keras_layer_names(model) -> set[str]:
+    """Names of every layer of ``model``, nested models' layers included."""
+    import keras
+
+    names, stack = set(), list(model.layers)
+    while stack:
+        layer = stack.pop()
+        names.add(layer.name)
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+    return names
+
+
+def _overrides(tf_lrp, args, base, setup_graph, model, input_range) -> Any:
+    """``base``, or ``composites.Overrides(base, ...)`` with the ``--rule`` options.
+
+    A layer name wins over a class name; of several ``--rule`` for the same key, the last.
+
+    Raises
+    ------
+    UsageError
+        If a key names no layer and no layer class of the model.
+    """
+    if not args.rules:
+        return base
+    nodes = [n for n in setup_graph.nodes if n.kind == "layer"]
+    names = {getattr(n.layer, "name", None) for n in nodes}
+    classes = {type(n.layer).__name__ for n in nodes}
+    for option in args.rules:
+        if option.key in names or option.key in classes:
+            continue
+        if option.key in _keras_layer_names(model):
+            raise UsageError(
+                f"--rule {option.text}: the layer {option.key!r} has no node of its own in the "
+                "explained graph (a BatchNormalization folded into the layer before it, or an "
+                "input layer); map the rule to the layer it belongs to (see 'tf-lrp info "
+                f"{args.model}')")
+        raise UsageError(
+            f"--rule {option.text}: no layer of the model is named {option.key!r} and none is "
+            f"of class {option.key!r}; its layer classes: {', '.join(sorted(classes))} (its "
+            f"layer names: 'tf-lrp info {args.model}')")
+    rule_classes = tf_lrp.rules.RULES
+    ordered = [o for o in reversed(args.rules) if o.key in names] + \
+              [o for o in reversed(args.rules) if o.key not in names]
+    mapping = []
+    for option in ordered:
+        cls = rule_classes[option.rule]
+        params = dict(option.params)
+        if {"low", "high"} <= set(inspect.signature(cls).parameters):
+            params.setdefault("low", input_range[0])
+            params.setdefault("high", input_range[1])
+        mapping.append((option.key, cls(**params)))
+    return tf_lrp.composites.Overrides(base, mapping)
+
+
+def _setup(tf_lrp, args) -> _Setup:
+    """Load the model, decide the input range and build the composite with the ``--rule``s.
+
+    Raises
+    ------
+    tf_lrp.LRPError, UsageError
+        If the model cannot be loaded or the options do not fit it (exit 2).
+    """
+    from tf_lrp import canonizers, graph
+
+    _composite(tf_lrp, args, SCALES[ASSUMED_SCALE])  # a bad name fails before the model loads
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = tf_lrp.load_model(args.model, safe_mode=not args.allow_lambda)
+            canonized = canonizers.canonize(graph.build_graph(model))
+        except tf_lrp.LRPError:
+            raise
+        except Exception as err:  # an engine bug or an exotic model: no traceback for users
+            raise UsageError(f"cannot explain {args.model}: {type(err).__name__}: {err}") from err
+    scale, why, assumed = _resolve_scale(args, canonized)
+    # the guess matters where image files can be fed, or for input bounds
+    assumed = assumed and (any(InputSpec(tuple(s)).image_mode for s in canonized.input_shapes)
+                           or _uses_bounds(tf_lrp, args))
+    composite = _overrides(tf_lrp, args, _composite(tf_lrp, args, SCALES[scale]), canonized,
+                           model, SCALES[scale])
+    args.scale = scale  # what image files are scaled to from here on
+    return _Setup(model, canonized, scale, why, assumed, composite, list(caught))
+
+
+def _analyzer(tf_lrp, args, start: str = "output", setup: _Setup | None = None):
+    """Build the analyzer; return ``(analyzer, softmax_stripped, setup)``.
 
     Raises
     ------
     tf_lrp.LRPError, UsageError
         If the model cannot be loaded or explained (reported by :func:`main`, exit 2).
     """
-    composite = _composite(tf_lrp, args)
+    setup = setup or _setup(tf_lrp, args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = tf_lrp.load_model(args.model, safe_mode=not args.allow_lambda)
-            analyzer = tf_lrp.Analyzer(model, composite, start=start,
+            analyzer = tf_lrp.Analyzer(setup.model, setup.composite, start=start,
                                        output=_model_output(args.model_output))
+        except tf_lrp.UnsupportedLayerError as err:
+            raise UsageError(f"{err}\n'tf-lrp info {args.model}' lists every layer and the "
+                             "rule it gets") from err
         except tf_lrp.LRPError:
             raise
         except Exception as err:  # an engine bug or an exotic model: no traceback for users
             raise UsageError(f"cannot explain {args.model}: {type(err).__name__}: {err}") from err
-    stripped = _report_warnings(caught, args.quiet)
-    return analyzer, stripped
+    stripped = _report_warnings(setup.caught + list(caught), args.quiet)
+    return analyzer, stripped, setup
 
 
 # --------------------------------------------------------------------------- composites
@@ -419,8 +696,10 @@ def _cmd_composites(args) -> int:
     for name, signature in entries:
         if signature.startswith("rules."):
             print(f"  {name:<{width}}  {signature[len('rules.'):]}")
-    print("low/high (input bounds of z^B) default to the --scale range, "
-          f"{DEFAULT_SCALE} = {SCALES[DEFAULT_SCALE]}.")
+    print("low/high (input bounds of z^B) default to the model's input range: [0, 255] if it "
+          "starts with a Rescaling or Normalization layer, else [-1, 1] (--scale names another).")
+    print("--rule KEY=RULE[:param=value,...] gives the layer class or named layer KEY a rule, "
+          "e.g. --rule Dense=epsilon:epsilon=0.1.")
     return EXIT_OK
 
 
@@ -438,23 +717,64 @@ def _cmd_evaluate(args) -> int:
     return evaluate.run_cli(args)
 
 
-def _cmd_info(args) -> int:
-    tf_lrp = _engine()
-    analyzer, stripped = _analyzer(tf_lrp, args)
-    graph = analyzer.graph
-    print(f"model      {args.model} ({type(analyzer.model).__name__})")
-    for name, shape, dtype in zip(graph.input_names, graph.input_shapes, graph.input_dtypes):
-        print(f"input      {name}: {_shape_text(shape)} {dtype}")
-    explained = analyzer.num_outputs if analyzer.num_outputs is not None else "?"
-    print(f"explains   {explained} output values"
-          + (" (logits: the final softmax is stripped)" if stripped else ""))
-    print(f"composite  {analyzer.composite!r}")
-    table = [("node", "layer", "rule"), *analyzer.rule_table()]
+def _print_table(rows: Sequence[tuple[str, str, str]]) -> None:
+    table = [("node", "layer", "rule"), *rows]
     widths = [max(len(row[i]) for row in table) for i in range(2)]
     print()
     for node, layer, rule in table:
         print(f"{node:<{widths[0]}}  {layer:<{widths[1]}}  {rule}")
+
+
+def _cmd_info(args) -> int:
+    tf_lrp = _engine()
+    from tf_lrp import plan
+
+    setup = _setup(tf_lrp, args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = plan.rule_plan(setup.model, setup.composite)
+    unsupported = [row for row in rows if row.rule is None]
+    if not unsupported:
+        analyzer, stripped, _ = _analyzer(tf_lrp, args, setup=setup)
+    else:
+        stripped = _report_warnings(setup.caught + list(caught), args.quiet)
+    graph = setup.graph
+    print(f"model      {args.model} ({type(setup.model).__name__})")
+    for name, shape, dtype in zip(graph.input_names, graph.input_shapes, graph.input_dtypes):
+        print(f"input      {name}: {_shape_text(shape)} {dtype}")
+    setup.report_range(args.quiet, to_stdout=True)
+    if not unsupported:
+        explained = analyzer.num_outputs if analyzer.num_outputs is not None else "?"
+        print(f"explains   {explained} output values"
+              + (" (logits: the final softmax is stripped)" if stripped else ""))
+    print(f"composite  {setup.composite!r}")
+    _print_table([(row.node, row.layer, row.rule or f"UNSUPPORTED: {row.reason}")
+                  for row in rows])
+    if unsupported:
+        _error(_unsupported_text(unsupported, tf_lrp.rules.RULES))
+        return EXIT_ERROR
     return EXIT_OK
+
+
+def _unsupported_text(rows, rule_classes) -> str:
+    """The error of ``info`` for layers no rule fits: which ones, and the ``--rule`` fix."""
+    by_class: dict[str, list[str]] = {}
+    for row in rows:
+        by_class.setdefault(row.layer, []).append(row.node)
+    listed = "; ".join(f"{cls} ({', '.join(repr(n) for n in nodes)})"
+                       for cls, nodes in by_class.items())
+    example = next(iter(by_class))
+    count = len(rows)
+    return (
+        f"no LRP rule fits {count} layer{'s' if count > 1 else ''} (flagged UNSUPPORTED above): "
+        f"{listed}\n"
+        f"fix: map a rule to the layer class or layer name with --rule, e.g. --rule "
+        f"{example}=pass (relevance passes unchanged: right for elementwise layers); rules: "
+        f"{', '.join(sorted(rule_classes))} (parameters: 'tf-lrp composites'). In Python: "
+        "composites.Overrides(composite, "
+        f"[({example!r}, rules.Pass())]). A custom layer with weights is described once with "
+        "tf_lrp.layers.register_linear."
+    )
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -840,7 +1160,8 @@ def _cmd_explain(args) -> int:
         tqdm.write(f"tf-lrp: skipped {label}: {why}", file=sys.stderr)
 
     tf_lrp = _engine()
-    analyzer, _ = _analyzer(tf_lrp, args, start=args.start)
+    analyzer, _, setup = _analyzer(tf_lrp, args, start=args.start)
+    setup.report_range(args.quiet)
     spec = _input_spec(analyzer)
     _check_target(analyzer, args.target)
     out = _output_dir(args.out)

@@ -593,6 +593,40 @@ def _load_data(data: str, model, n: int):
     return datasets.make_shapes(n, size=shape[0], seed=datasets.SHAPES_TEST_SEED)
 
 
+def _leading_rescaling(model) -> tuple[float, float] | None:
+    """``(scale, offset)`` of a scalar ``Rescaling`` layer the model starts with, else ``None``.
+
+    The shipped models start with one (they take pixel values 0..255); the data sets are in the
+    range the network behind it was trained on, so they are mapped back through it.
+    """
+    import keras
+
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not layers or not isinstance(layers[0], keras.layers.Rescaling):
+        return None
+    scale, offset = layers[0].scale, layers[0].offset
+    if np.ndim(scale) or np.ndim(offset):
+        return None
+    return float(scale), float(offset)
+
+
+def _to_model_input(setting: Setting, x: np.ndarray, model) -> tuple[Setting, np.ndarray]:
+    """``x`` and the setting's bounds and numeric baseline in the model's input space."""
+    rescaling = _leading_rescaling(model)
+    if rescaling is None:
+        return setting, x
+    scale, offset = rescaling
+
+    def back(v):
+        return (np.asarray(v, np.float64) - offset) / scale
+
+    baseline = setting.baseline if isinstance(setting.baseline, str) \
+        else float(back(setting.baseline))
+    setting = dataclasses.replace(setting, low=float(back(setting.low)),
+                                  high=float(back(setting.high)), baseline=baseline)
+    return setting, back(x).astype(np.float32)
+
+
 def _fmt(values) -> str:
     m, se = mean_se(values)
     return "n/a" if math.isnan(m) else f"{m:.3f} ± {se:.3f}"
@@ -758,8 +792,10 @@ def run_report(
         Pixel flipping: ``fraction`` of the patches of ``patch_size`` pixels a side are removed in
         ``steps`` steps.
     baseline
-        Removal value (and the IntegratedGradients baseline); default: the data set's
-        (digits: -1, the background; shapes: ``"mean"``, each image's mean colour).
+        Removal value (and the IntegratedGradients baseline) in the data set's range; default:
+        the data set's (digits: -1, the background; shapes: ``"mean"``, each image's mean
+        colour). A model that starts with a ``Rescaling`` layer (the shipped models: pixel
+        values 0..255) gets the data, the bounds and the baseline mapped back through it.
     sanity
         Run the randomisation check (the slowest part).
     seed
@@ -792,6 +828,7 @@ def run_report(
     if baseline is not None:
         setting = dataclasses.replace(setting, baseline=baseline)
     x, y, masks = _load_data(data, model, int(n))
+    setting, x = _to_model_input(setting, x, model)  # e.g. pixels 0..255 for Rescaling models
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ends in a softmax")
         predictor = analyzers.Gradient(model)
