@@ -291,9 +291,9 @@ def test_chain(name, rule_id):
 
 @pytest.mark.parametrize("rule_id", SINGLE_RULES)
 def test_separable_conv2d(rule_id):
-    """SeparableConv2D (two kernels): rho applies to the depthwise and pointwise kernel
-    separately, i.e. the reference uses rho(D) @ rho(P) (for Flat: the product of the two
-    connection structures)."""
+    """SeparableConv2D (two kernels): rho applies to the effective map, the reference's
+    rho(D @ P) (for Flat: the connections D @ P makes); tests/test_effective_map.py checks the
+    same against the equivalent Conv2D."""
     rule, ref_rule = make_rule(rule_id, MODELS["separable"][0])
     check("separable", rule, ref_rule)
 
@@ -447,3 +447,25 @@ def test_gamma_on_a_residual_block_conserves_and_does_not_inflate():
         np.testing.assert_allclose(layers[name].reshape(4, -1).sum(1), logit, rtol=1e-6,
                                    err_msg=name)
     assert np.abs(layers["input"]).max() < 10 * np.abs(logit).max()
+
+
+def test_gamma_below_a_rule_that_reaches_zero_activations():
+    """Above a ReLU, WSquare gives relevance to inactive units too: it reaches outputs with
+    z < 0 of the Gamma layer below, whose negative half must then be computed (the static
+    analysis may only skip it where relevance vanishes with the activation)."""
+    model, _ = model_and_reference("mlp")
+    names = [layer.name for layer in model.layers if isinstance(layer, L.Dense)]
+    x = inputs(MODELS["mlp"][0])
+    target = targets(model, len(x))
+    composite = composites.LayerMap([(names[0], rules.Gamma(0.5)), (names[1], rules.WSquare())],
+                                    default=rules.Epsilon())
+    analyzer = tf_lrp.Analyzer(model, composite)
+    assert names[0] not in analyzer._silent  # WSquare above its ReLU does not keep zeros
+    want = expected("mlp", x, target, [ref.Gamma(0.5), ref.WSquare(), ref.Epsilon()])
+    ref.assert_relevance_close(analyzer(x, target=target), want)
+    # with epsilon above, relevance vanishes with the activation: the first layer is silent
+    silent = tf_lrp.Analyzer(model, composites.LayerMap([(names[0], rules.Gamma(0.5))],
+                                                        default=rules.Epsilon()))
+    assert names[0] in silent._silent
+    want = expected("mlp", x, target, [ref.Gamma(0.5), ref.Epsilon(), ref.Epsilon()])
+    ref.assert_relevance_close(silent(x, target=target), want)
