@@ -362,7 +362,7 @@ class Analyzer(BaseAnalyzer):
         kept as well; so are chains from a model input. Maps each such tensor to its node.
         """
         anchored = set(self.graph.inputs)  # kept, or recomputed from what is kept
-        plan: dict[int, Node] = {}
+        recomputed: dict[int, Node] = {}
         for node in self.graph.nodes:
             cheap = node.linear is None and (
                 node.kind == "activation" or weightless.handling(node.layer, len(node.inputs))
@@ -375,9 +375,9 @@ class Analyzer(BaseAnalyzer):
             else:
                 continue
             if recompute:
-                plan.update(dict.fromkeys(node.outputs, node))
+                recomputed.update(dict.fromkeys(node.outputs, node))
             anchored.update(node.outputs)
-        return plan
+        return recomputed
 
     @staticmethod
     def _bias(node: Node, memo: dict) -> Tensor | None:
