@@ -69,8 +69,9 @@ _AVERAGING = (
     kl.GlobalAveragePooling1D, kl.GlobalAveragePooling2D, kl.GlobalAveragePooling3D,
     kl.Average, *_op("Mean", "Average"),
 )
-_SUMS = (kl.Add, *_op("Add"), *_app("CustomScaleLayer"))
-_DIFFERENCES = (kl.Subtract, *_op("Subtract"))
+_ADD_OPS, _SUBTRACT_OPS = _op("Add"), _op("Subtract")  # x + y; with one tensor, x + c
+_SUMS = (kl.Add, *_ADD_OPS, *_app("CustomScaleLayer"))
+_DIFFERENCES = (kl.Subtract, *_SUBTRACT_OPS)
 _SCALINGS = _op("Multiply", "TrueDivide", "Divide", "Negative")  # with one tensor: x * c, x / c
 _PRODUCTS = (kl.Multiply, *_op("Multiply"))
 _NORMALIZATIONS = (kl.LayerNormalization, kl.GroupNormalization, kl.UnitNormalization,
@@ -204,7 +205,7 @@ def _product(a: Range, b: Range) -> Range:
 def _monotone(layer, n_inputs: int) -> bool:
     if n_inputs != 1:
         return False
-    if isinstance(layer, ELEMENTWISE + _SCALINGS + _SUMS[1:2] + _DIFFERENCES[1:2]):
+    if isinstance(layer, ELEMENTWISE + _SCALINGS + _ADD_OPS + _SUBTRACT_OPS):
         return True  # one tensor: x * c, x + c, ...
     return _function_name(layer) in _MONOTONE
 
