@@ -53,8 +53,15 @@ class Linear:
         the kernel axis of the input channels. Then ``apply(u1, k1) + apply(u2, k2)`` equals
         ``apply(concat(u1, u2), concat(k1, k2))`` with the inputs joined on the channel axis
         and the kernels on this one, and a rule with several terms costs one forward and one
-        transposed operation instead of one per term. ``None`` (depthwise and separable
-        convolutions, BatchNormalization, custom layers by default): terms run one by one.
+        transposed operation instead of one per term. ``None`` (depthwise convolutions,
+        BatchNormalization, custom layers by default): terms run one by one. For a layer with
+        an :attr:`effective` kernel, the axis of that kernel.
+    effective, effective_apply
+        For a layer made of several kernels (separable convolutions): ``effective(kernels)``
+        maps them to the one kernel of the layer's effective linear map, and
+        ``effective_apply(x, [kernel])`` applies it. Weight modifiers act on that kernel
+        (``w+`` of a product of kernels is not the product of their ``w+``); the unmodified
+        layer keeps its own, cheaper ``apply``.
     """
 
     layer: keras.layers.Layer
@@ -65,6 +72,21 @@ class Linear:
     channel_axis: int = -1
     activation: Callable[[Tensor], Tensor] | None = None
     input_axis: int | None = None
+    effective: Callable[[list[Tensor]], list[Tensor]] | None = None
+    effective_apply: Callable[[Tensor, Sequence[Tensor]], Tensor] | None = None
+
+    def modified(self, kernels: list[Tensor], weight: Callable[[Tensor], Tensor] | None
+                 ) -> tuple[list[Tensor], Callable[[Tensor, Sequence[Tensor]], Tensor]]:
+        """The kernels a weight modifier makes of ``kernels``, and the ``apply`` they go with.
+
+        ``weight=None`` keeps the layer's own kernels and ``apply``; a modifier acts on the
+        effective kernel where the layer has one.
+        """
+        if weight is None:
+            return kernels, self.apply
+        if self.effective is not None:
+            return [weight(k) for k in self.effective(kernels)], self.effective_apply
+        return [weight(k) for k in kernels], self.apply
 
     def add_bias(self, z: Tensor, bias: Tensor | None) -> Tensor:
         """Add a per-channel ``bias`` vector to ``z`` along :attr:`channel_axis`."""
@@ -122,8 +144,9 @@ def _dense(layer: kl.Dense) -> Linear:
     return _kernel_layer(layer, lambda x, k: ops.matmul(x, k[0]), input_axis=0)
 
 
-def _conv_apply(layer) -> Callable[[Tensor, Sequence[Tensor]], Tensor]:
-    """``apply(x, [kernel])``: the convolution ``layer`` computes, with a given full kernel."""
+def _conv_apply(layer, separable: bool = False) -> Callable[[Tensor, Sequence[Tensor]], Tensor]:
+    """``apply(x, kernels)``: the convolution ``layer`` computes, with given kernels (one full
+    kernel, or with ``separable`` the depthwise and the pointwise kernel)."""
     padding = layer.padding
 
     def apply(x, k):
@@ -135,14 +158,12 @@ def _conv_apply(layer) -> Callable[[Tensor, Sequence[Tensor]], Tensor]:
                 else [[0, 0], [0, 0], [left, 0]]
             )
             x = ops.pad(x, pads)
-        return ops.conv(
-            x,
-            k[0],
-            strides=list(layer.strides),
-            padding="valid" if padding == "causal" else padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
+        options = dict(strides=list(layer.strides),
+                       padding="valid" if padding == "causal" else padding,
+                       dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+        if separable:
+            return ops.separable_conv(x, k[0], k[1], **{**options, "strides": layer.strides})
+        return ops.conv(x, k[0], **options)
 
     return apply
 
@@ -203,19 +224,16 @@ def separable_kernel(depthwise: Tensor, pointwise: Tensor) -> Tensor:
 
 
 def _separable(layer) -> Linear:
-    """SeparableConv1D/2D as its **effective linear map**: one convolution with the combined kernel.
-
-    Rules modify that kernel (``w+`` of a product of kernels is not the product of their
-    ``w+``), so a separable layer explains exactly like the Conv layer holding
-    :func:`separable_kernel`. The forward pass costs a full convolution instead of a separable
-    one.
-    """
-
-    def kernels():
-        return [separable_kernel(tf.convert_to_tensor(layer.depthwise_kernel),
-                                 tf.convert_to_tensor(layer.pointwise_kernel))]
-
-    return _kernel_layer(layer, _conv_apply(layer), kernels=kernels, input_axis=-2)
+    """SeparableConv1D/2D: rules act on its **effective linear map**, the one convolution with
+    :func:`separable_kernel`, so it explains exactly like the Conv layer holding that kernel;
+    the forward pass and the unmodified layer keep the cheaper separable operation."""
+    linear = _kernel_layer(
+        layer, _conv_apply(layer, separable=True), input_axis=-2,
+        kernels=lambda: [tf.convert_to_tensor(layer.depthwise_kernel),
+                         tf.convert_to_tensor(layer.pointwise_kernel)])
+    linear.effective = lambda kernels: [separable_kernel(*kernels)]
+    linear.effective_apply = _conv_apply(layer)
+    return linear
 
 
 def batchnorm_affine(layer: kl.BatchNormalization) -> tuple[Tensor, Tensor]:

@@ -84,7 +84,7 @@ class Context:
         """Vector-Jacobian product of this node's operation with ``upstream`` (one per output)."""
         linear = self.node.linear
         if linear is not None:
-            return [_linear_vjp(linear, self.kernels, self.inputs[0], upstream[0])]
+            return [_linear_vjp(linear.apply, self.kernels, self.inputs[0], upstream[0])]
         return _vjp(self.node.call, self.inputs, upstream)
 
 
@@ -112,14 +112,14 @@ def _vjp(fn: Callable[[list[Tensor]], list[Tensor]], us: list[Tensor],
                               unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
 
-def _linear_vjp(linear, kernels: list[Tensor], u: Tensor, s: Tensor) -> Tensor:
-    """``rho(W)^T s``: the transposed operation of ``linear.apply(., kernels)`` (at ``u``) on ``s``."""
-    return _vjp(lambda v: [linear.apply(v[0], kernels)], [u], [s])[0]
+def _linear_vjp(apply, kernels: list[Tensor], u: Tensor, s: Tensor) -> Tensor:
+    """``rho(W)^T s``: the transposed operation of ``apply(., kernels)`` (at ``u``) on ``s``."""
+    return _vjp(lambda v: [apply(v[0], kernels)], [u], [s])[0]
 
 
-def _modified(kernels: list[Tensor], weight: WeightModifier | None) -> list[Tensor]:
-    """The kernels as a term's weight modifier makes them (``None``: unchanged)."""
-    return kernels if weight is None else [weight(k) for k in kernels]
+def _same(w: Tensor) -> Tensor:
+    """The weights as they are, as a modifier (so that they are taken in effective form)."""
+    return w
 
 
 Part = tuple[Tensor, Callable[[Tensor], list]]  # (z_t, s -> relevance per input, None if none)
@@ -152,15 +152,15 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
         return ctx.node.call(filled)[0], _times_input(us, lambda s: _vjp(ctx.node.call, filled, [s]))
     if plain:
         return ctx.z0, _times_input(us, lambda s: ctx.gradient([s]))
-    kernels = _modified(ctx.kernels, term.weight)
+    kernels, apply = linear.modified(ctx.kernels, term.weight)
     u = us[0]
     complement = getattr(term.weight, "complement", None)
     if u is ctx.inputs[0] and (id(u), complement) in cache:
         z = ctx.z0 - cache[(id(u), complement)]
     else:
-        z = linear.apply(u, kernels)
+        z = apply(u, kernels)
         cache[(id(u), term.weight)] = z
-    return z, _times_input(us, lambda s: [_linear_vjp(linear, kernels, u, s)])
+    return z, _times_input(us, lambda s: [_linear_vjp(apply, kernels, u, s)])
 
 
 def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
@@ -173,14 +173,15 @@ def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
     linear = ctx.node.linear
     axis = linear.channel_axis
     u = tf.concat([us[0] for _, us in live], axis=axis)
-    kernel = tf.concat([_modified(ctx.kernels, t.weight)[0] for t, _ in live],
-                       axis=linear.input_axis)
+    modified = [linear.modified(ctx.kernels, t.weight or _same) for t, _ in live]
+    kernel = tf.concat([kernels[0] for kernels, _ in modified], axis=linear.input_axis)
+    apply = modified[0][1]
 
     def contribute(s: Tensor) -> list:
-        c = _linear_vjp(linear, [kernel], u, s)
+        c = _linear_vjp(apply, [kernel], u, s)
         return [tf.add_n(tf.split(u * c, len(live), axis=axis))]
 
-    return linear.apply(u, [kernel]), contribute
+    return apply(u, [kernel]), contribute
 
 
 def _group_forward(ctx: Context, group: Group, cache: dict) -> list[Part]:
