@@ -305,17 +305,23 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """CPU model, cores, device, Python/TF/Keras versions and the date."""
-    import keras
-    import tensorflow as tf
-
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return cpu
+
+
+def machine() -> str:
+    """CPU model, cores, device, Python/TF/Keras versions and the date."""
+    import keras
+    import tensorflow as tf
+
+    cpu = cpu_name()
     gpus = tf.config.list_physical_devices("GPU")
     device = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name)
                        for g in gpus) or "CPU only"
