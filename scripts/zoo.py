@@ -588,7 +588,8 @@ def measure(name: str, size: int, batch: int, rounds: int, float64: bool) -> dic
     import tf_lrp
 
     warnings.filterwarnings("ignore", message=".*ends in a softmax.*")
-    out: dict = {"model": name, "requested_size": size, "batch": batch, "composites": {}}
+    out: dict = {"model": name, "requested_size": size, "batch": batch, "rounds": rounds,
+                 "float64_check": float64, "composites": {}}
     t0 = time.perf_counter()
     try:
         model, size = build_model(name, size)
