@@ -85,6 +85,7 @@ class BaseAnalyzer:
         self._output_key = self._select_output(output)
         out_shape = self.graph.shapes.get(self._output_key, (None,))[1:]
         self.num_outputs = math.prod(out_shape) if all(d is not None for d in out_shape) else None
+        self._tokens = plan.token_inputs(self.graph)
         self._ranges = plan.value_ranges(self.graph)
         self._nonnegative = {k: r[0] >= 0.0 for k, r in self._ranges.items()}
         specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
@@ -113,19 +114,33 @@ class BaseAnalyzer:
         return outs[int(output)]
 
     # ---------------------------------------------------------------- traced parts
-    def _forward(self, xs: Sequence[Tensor]) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
+    def _forward(self, xs: Sequence[Tensor], inject: dict[str, Tensor] | None = None
+                 ) -> tuple[dict[int, Tensor], dict[str, Tensor]]:
         """Run the canonized graph; return the tensor values and each linear node's ``z0``.
 
-        ``z0`` is a linear node's pre-activation without bias (rules without bias reuse it).
+        ``z0`` is a linear node's pre-activation without bias (rules without bias reuse it);
+        for a recurrent node, what its rule needs. ``inject`` replaces the output of the named
+        (Embedding) nodes, with the mask the node computes (gradients in embedding space).
         """
         values = dict(zip(self.graph.inputs, xs))
         z0s: dict[str, Tensor] = {}
         for node in self.graph.nodes:
             ins = [values[k] for k in node.inputs]
-            if node.linear is not None:
+            if inject and node.name in inject:
+                outs = [inject[node.name]]
+                mask = node.layer.compute_mask(ins[0]) if hasattr(node.layer, "compute_mask") \
+                    else None
+                if mask is not None:
+                    keras_adapter.set_mask(outs[0], mask)
+            elif node.linear is not None:
                 z0 = node.linear.apply(ins[0], node.linear.kernels())
                 outs = [node.linear.add_bias(z0, node.linear.bias())]
                 z0s[node.name] = z0
+                _carry_mask(node, ins, outs)
+            elif node.recurrent is not None:
+                outs, z0s[node.name] = node.recurrent.forward(ins)
+                if node.layer.return_sequences:
+                    keras_adapter.set_mask(outs[0], keras_adapter.mask_of(ins[0]))
             else:
                 outs = node.call(ins)
             values.update(zip(node.outputs, outs))
@@ -245,6 +260,13 @@ class BaseAnalyzer:
                 chunk, tf.constant(t[lo:lo + chunk[0].shape[0]]))], xs)
         result = [np.concatenate([p[i] for p in parts]) for i in range(len(xs))]
         return result[0] if len(result) == 1 else result
+
+
+def _carry_mask(node: Node, ins: list, outs: list) -> None:
+    """Attach the Keras mask a masking-aware layer computed by ``tf_lrp`` passes on."""
+    mask = keras_adapter.mask_of(ins[0]) if ins else None
+    if mask is not None and getattr(node.layer, "supports_masking", False):
+        keras_adapter.set_mask(outs[0], mask)
 
 
 def _traced(method, signature=None, jit_compile: bool = False):
@@ -397,6 +419,7 @@ class Analyzer(BaseAnalyzer):
         if key not in memo:
             if node.linear is not None:
                 memo[key] = node.linear.add_bias(z0s[node.name], self._bias(node, memo))
+                _carry_mask(node, [values[k] for k in node.inputs], [memo[key]])
             else:
                 ins = [self._value(k, values, z0s, memo) for k in node.inputs]
                 memo.update(zip(node.outputs, node.call(ins)))
@@ -479,11 +502,17 @@ class Analyzer(BaseAnalyzer):
                            for k in node.inputs],
                     negative_silent=node.name in self._silent,
                     input_bounds=self._input_bounds(node, values),
+                    saved=z0s.get(node.name) if node.recurrent is not None else None,
                 )
                 r_in = self.rules[node.name](ctx)
             for k, r in zip(node.inputs, r_in):
+                if r is None or not values[k].dtype.is_floating and k not in self.graph.inputs:
+                    continue  # nothing passes to this input (a mask)
                 relevance[k] = r if k not in relevance else relevance[k] + r
-        inputs = [relevance.get(k, tf.zeros_like(x)) for k, x in zip(self.graph.inputs, xs)]
+        # float inputs get relevance of their dtype; token (integer) inputs float32
+        dtypes = [x.dtype if x.dtype.is_floating else tf.float32 for x in xs]
+        inputs = [tf.cast(relevance[k], d) if k in relevance else tf.zeros(tf.shape(x), d)
+                  for k, x, d in zip(self.graph.inputs, xs, dtypes)]
         return inputs, seen
 
     def _explain(self, xs, targets):

@@ -58,25 +58,32 @@ class _AveragedGradient(Gradient):
         y = self._predict(xs)
         return tf.where(targets < 0, tf.argmax(y, axis=1, output_type=tf.int32), targets)
 
+    #: whether :meth:`_finish` returns gradients (multiplied by the embedding for tokens)
+    _returns_gradient = True
+
     def _explain(self, xs, targets):
         targets = self._resolve_targets(xs, targets)
+        zs = self._space(xs)  # embedding vectors for token inputs (see Gradient)
         batch = tf.shape(xs[0])[0]
         per_pass = tf.maximum(1, self.chunk_size // batch)
         n = self._n
 
         def body(start, sums):
             count = tf.minimum(per_pass, n - start)
-            points = self._points(xs, tf.range(start, start + count))
-            grads = self._gradient(points, tf.tile(targets, [count]))
+            points = self._points(zs, tf.range(start, start + count))
+            grads = self._gradient(points, tf.tile(targets, [count]),
+                                   [_tile(x, count) for x in xs])
             new = []
-            for s, g, x in zip(sums, grads, xs):
-                g = tf.reshape(g, tf.concat([[count, batch], tf.shape(x)[1:]], axis=0))
-                new.append(tf.ensure_shape(s + tf.reduce_sum(g, axis=0), x.shape))
+            for s, g, z in zip(sums, grads, zs):
+                g = tf.reshape(g, tf.concat([[count, batch], tf.shape(z)[1:]], axis=0))
+                new.append(tf.ensure_shape(s + tf.reduce_sum(g, axis=0), z.shape))
             return start + count, new
 
         _, sums = tf.while_loop(lambda start, _: start < n, body,
-                                (tf.constant(0), [tf.zeros_like(x) for x in xs]))
-        return self._finish(xs, [s / n for s in sums])
+                                (tf.constant(0), [tf.zeros_like(z) for z in zs]))
+        out = self._finish(zs, [s / n for s in sums])
+        return [self._to_input(i, z, r, self._returns_gradient)
+                for i, (z, r) in enumerate(zip(zs, out))]
 
 
 def _tile(x, count):
@@ -144,7 +151,10 @@ class IntegratedGradients(_AveragedGradient):
     ``R = (x - b) * 1/m sum_{k=0}^{m-1} grad f_c(b + a_k (x - b))``, ``a_k = (k + 1/2) / m``.
     Completeness: ``sum R ~ f_c(x) - f_c(b)``; for a ReLU network the integrand is piecewise
     constant along the path and the midpoint error is at most its total variation / (2 m).
-    For a linear model the result is exactly ``(x - b) * w``.
+    For a linear model the result is exactly ``(x - b) * w``. For token inputs the path runs
+    in embedding space, from the zero embedding (``baseline=0``, a number: every embedding
+    component) or from the embedding of ``baseline_token`` (e.g. the padding token), and a
+    token's value is summed over the embedding axis.
 
     Parameters
     ----------
@@ -156,25 +166,40 @@ class IntegratedGradients(_AveragedGradient):
         The reference input ``b``: a number, an array broadcastable to one sample's shape, or
         ``"mean"`` (each sample's mean over all axes but the last, i.e. its mean colour for
         channels-last images; the mean of all features for ``(batch, features)`` inputs). A list gives one baseline per input of a multi-input model.
+    baseline_token
+        For models with token inputs: the token id whose embedding is the baseline (instead
+        of ``baseline``).
     chunk_size
         Largest number of path points (batch x steps) in one forward/backward pass.
     **kwargs
         ``output``, ``batch_size``, ``jit_compile``: see :class:`~tf_lrp.analyzer.BaseAnalyzer`.
     """
 
-    def __init__(self, model, steps: int = 50, baseline=0.0, *, chunk_size: int = 1024, **kwargs):
+    _returns_gradient = False
+
+    def __init__(self, model, steps: int = 50, baseline=0.0, *, baseline_token: int | None = None,
+                 chunk_size: int = 1024, **kwargs):
         self.steps = _check_positive_int("steps", steps)
         super().__init__(model, n=steps, chunk_size=chunk_size, **kwargs)
+        if baseline_token is not None and not self._tokens:
+            raise ValueError("baseline_token is for models with token inputs (an Embedding "
+                             "reading a model input); this model has none")
+        self.baseline_token = None if baseline_token is None else int(baseline_token)
         n_inputs = len(self.graph.inputs)
         baselines = list(baseline) if isinstance(baseline, (list, tuple)) else [baseline] * n_inputs
         if len(baselines) != n_inputs:
             raise ValueError(f"got {len(baselines)} baselines for a model with {n_inputs} inputs")
-        self.baseline = [_check_baseline(b, shape, dtype) for b, shape, dtype in
-                         zip(baselines, self.graph.input_shapes, self.graph.input_dtypes)]
+        self.baseline = [
+            _check_baseline(b, shape, dtype) if i not in self._tokens else float(b)
+            for i, (b, shape, dtype) in enumerate(
+                zip(baselines, self.graph.input_shapes, self.graph.input_dtypes))]
 
     def _baselines(self, xs):
         out = []
-        for b, x in zip(self.baseline, xs):
+        for i, (b, x) in enumerate(zip(self.baseline, xs)):
+            if i in self._tokens and self.baseline_token is not None:
+                table = tf.convert_to_tensor(self._tokens[i].layer.embeddings)
+                b = tf.cast(table[self.baseline_token], x.dtype)
             if isinstance(b, str):  # "mean"
                 axes = list(range(1, x.shape.rank - 1)) if x.shape.rank > 2 else [1]
                 b = tf.reduce_mean(x, axis=axes, keepdims=True)

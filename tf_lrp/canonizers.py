@@ -2,6 +2,10 @@
 
 They run in this order (:func:`canonize`):
 
+0. :func:`expand_attention` rewrites MultiHeadAttention and Attention layers into their
+   projections, scores, softmax and context (:mod:`tf_lrp.attention`), and
+   :func:`unroll_recurrent` gives SimpleRNN/LSTM/GRU layers their unrolled form
+   (:mod:`tf_lrp.recurrent`), Bidirectional ones as two layers and their merge.
 1. :func:`attach_linear_parts` gives every node with weights its :class:`~tf_lrp.layers.Linear`.
 2. :func:`split_activations`: ``Dense(..., activation="relu")`` becomes a linear node and an
    activation node, so the rule sees the pre-activation and relevance passes the activation.
@@ -23,9 +27,88 @@ import warnings
 
 from keras import layers as kl
 
+from tf_lrp import attention, recurrent, weightless
 from tf_lrp import layers as lrp_layers
-from tf_lrp import weightless
 from tf_lrp.graph import Graph, Node
+
+
+def expand_attention(graph: Graph) -> Graph:
+    """Rewrite attention layers into their parts (:func:`tf_lrp.attention.expand`)."""
+    return attention.expand(graph)
+
+
+def _recurrent_node(name: str, layer, seq: list[int], states: list[int], mask: list[int],
+                    outputs: list[int], flip_output: bool = False) -> Node:
+    """A node running ``layer`` unrolled; inputs: the sequence, initial states, the mask."""
+    unit = recurrent.Recurrent(layer, flip_output=flip_output, initial_states=len(states),
+                               mask_input=bool(mask))
+
+    def call(values, unit=unit):
+        return unit.forward(values)[0]
+
+    return Node(name, layer, seq + states + mask, outputs, call,
+                roles=["sequences"] + ["initial_state"] * len(states) + ["mask"] * len(mask),
+                recurrent=unit)
+
+
+def _split_roles(node: Node, roles: list[str]) -> tuple[list[int], list[int], list[int]]:
+    seq = [k for k, r in zip(node.inputs, roles) if r not in ("initial_state", "mask")][:1]
+    states = [k for k, r in zip(node.inputs, roles) if r == "initial_state"]
+    mask = [k for k, r in zip(node.inputs, roles) if r == "mask"][:1]
+    return seq, states, mask
+
+
+def unroll_recurrent(graph: Graph) -> Graph:
+    """Give every SimpleRNN/LSTM/GRU node its unrolled form; expand Bidirectional wrappers into
+    the forward layer, the backward layer (its sequence output flipped back to input order)
+    and their merge (``concat``: Concatenate, ``sum``: Add, ``ave``: Average, ``mul``:
+    Multiply; ``None``: both outputs as they are). Layers that cannot be unrolled are left
+    as they are (:func:`tf_lrp.recurrent.check_layer` says why when rules are assigned)."""
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        layer = node.layer
+        roles = node.roles or ["sequences"] * len(node.inputs)
+        if node.kind != "layer":
+            nodes.append(node)
+        elif isinstance(layer, recurrent.RECURRENT) and recurrent.check_layer(layer) is None:
+            seq, states, mask = _split_roles(node, roles)
+            nodes.append(_recurrent_node(node.name, layer, seq, states, mask, node.outputs))
+        elif isinstance(layer, kl.Bidirectional) and \
+                recurrent.check_layer(layer.forward_layer) is None and \
+                recurrent.check_layer(layer.backward_layer) is None:
+            nodes += _bidirectional(graph, node, roles)
+        else:
+            nodes.append(node)
+    graph.nodes = nodes
+    return graph
+
+
+def _bidirectional(graph: Graph, node: Node, roles: list[str]) -> list[Node]:
+    layer = node.layer
+    fwd, bwd = layer.forward_layer, layer.backward_layer
+    seq, states, mask = _split_roles(node, roles)
+    half = len(states) // 2
+    n_states = 2 if isinstance(fwd, kl.LSTM) else 1
+    outs = list(node.outputs)
+    merged, state_outs = outs[: 2 if layer.merge_mode is None else 1], outs[len(outs) - (
+        2 * n_states if layer.return_state else 0):]
+    if layer.merge_mode is None:
+        y_f, y_b = merged
+    else:
+        y_f, y_b = graph.new_key(), graph.new_key()
+    f_states, b_states = state_outs[:len(state_outs) // 2], state_outs[len(state_outs) // 2:]
+    out = [
+        _recurrent_node(f"{node.name}/forward", fwd, seq, states[:half], mask,
+                        [y_f, *f_states]),
+        _recurrent_node(f"{node.name}/backward", bwd, seq, states[half:], mask,
+                        [y_b, *b_states], flip_output=layer.return_sequences),
+    ]
+    if layer.merge_mode is not None:
+        merge = {"concat": kl.Concatenate(axis=-1), "sum": kl.Add(), "ave": kl.Average(),
+                 "mul": kl.Multiply()}[layer.merge_mode]
+        out.append(Node(f"{node.name}/merge", merge, [y_f, y_b], merged,
+                        lambda values, merge=merge: [merge(list(values))]))
+    return out
 
 
 def attach_linear_parts(graph: Graph) -> Graph:
@@ -152,7 +235,7 @@ def linearize_normalizations(graph: Graph) -> Graph:
 
 def canonize(graph: Graph) -> Graph:
     """Run every canonizer in order (see the module docstring)."""
-    for step in (attach_linear_parts, split_activations, strip_softmax, fold_batchnorm,
+    for step in (expand_attention, unroll_recurrent, attach_linear_parts, split_activations, strip_softmax, fold_batchnorm,
                  linearize_normalizations):
         graph = step(graph)
     return graph
@@ -160,6 +243,8 @@ def canonize(graph: Graph) -> Graph:
 
 __all__ = [
     "attach_linear_parts",
+    "expand_attention",
+    "unroll_recurrent",
     "canonize",
     "fold_batchnorm",
     "linearize_normalizations",

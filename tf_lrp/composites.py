@@ -233,6 +233,89 @@ class DeepTaylor(LayerMap):
         super().__init__(default=rules.ZPlus(), first=rules.ZBox(low, high))
 
 
+#: Normalization layers AttnLRP explains by the identity rule.
+NORMALIZATIONS: tuple[type, ...] = tuple(
+    c for c in (kl.LayerNormalization, kl.GroupNormalization, kl.UnitNormalization,
+                getattr(kl, "RMSNormalization", None)) if isinstance(c, type))
+
+
+@register("attn_lrp")
+class AttnLRP(LayerMap):
+    """AttnLRP (Achtibat et al., ICML 2024) for Transformers and other sequence models.
+
+    - every layer with weights (Dense, EinsumDense and the attention projections, convolutions,
+      the linear maps of SimpleRNN/LSTM/GRU): LRP-epsilon;
+    - the bilinear products of attention (query . key, weights . values): epsilon over the sum,
+      then a uniform split between the two factors (Prop. 3.3, :class:`rules.Bilinear`);
+    - the attention softmax: Prop. 3.1 (:class:`rules.AttnSoftmax`);
+    - LayerNormalization, GroupNormalization, UnitNormalization, RMSNormalization: Prop. 3.4,
+      the normalizing scale ``1/sigma`` held constant and the remaining linear map (centering,
+      ``gamma``, ``beta``) by epsilon, as the authors' code (LXT) does; with
+      ``normalization="identity"`` relevance passes them unchanged;
+    - elementwise activations (GELU, ...): the identity; ``Add`` (residuals, positional
+      embeddings): in proportion to the summands; ``Embedding``: summed per token; recurrent
+      gates: no relevance (signal-take-all).
+
+    Parameters
+    ----------
+    epsilon
+        The stabiliser of every epsilon rule and bilinear product.
+    normalization
+        ``"linear"`` (Prop. 3.4, the default) or ``"identity"``.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, normalization: str = "linear"):
+        from tf_lrp.attention import AttentionContext, AttentionScores, AttentionSoftmax
+
+        eps = rules.Epsilon(epsilon)
+        super().__init__([
+            ((AttentionScores, AttentionContext), rules.Bilinear(epsilon)),
+            (AttentionSoftmax, rules.AttnSoftmax()),
+            *_normalization(normalization, eps),
+        ], default=eps)
+        self.epsilon, self.normalization = epsilon, normalization
+
+    def __repr__(self) -> str:
+        return f"AttnLRP(epsilon={self.epsilon!r}, normalization={self.normalization!r})"
+
+
+def _normalization(mode: str, eps: rules.Rule) -> list:
+    if mode not in ("linear", "identity"):
+        raise ValueError(f"normalization must be 'linear' or 'identity', got {mode!r}")
+    return [(NORMALIZATIONS, rules.Pass() if mode == "identity" else eps)]
+
+
+@register("cp_lrp")
+class CPLRP(LayerMap):
+    """CP-LRP (Ali et al., ICML 2022, "XAI for Transformers: better explanations through
+    conservative propagation"): the attention weights are held constant, so relevance flows
+    through the values only (``A . v`` by epsilon, all of it to ``v``; nothing reaches the
+    scores or the softmax); the rest as in :class:`AttnLRP`.
+
+    Parameters
+    ----------
+    epsilon
+        The stabiliser of every epsilon rule and of the weights-values product.
+    normalization
+        As for :class:`AttnLRP`.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, normalization: str = "linear"):
+        from tf_lrp.attention import AttentionContext, AttentionScores, AttentionSoftmax
+
+        eps = rules.Epsilon(epsilon)
+        super().__init__([
+            (AttentionContext, rules.Bilinear(epsilon, shares=(0.0, 1.0))),
+            (AttentionScores, rules.Bilinear(epsilon)),
+            (AttentionSoftmax, rules.AttnSoftmax()),
+            *_normalization(normalization, eps),
+        ], default=eps)
+        self.epsilon, self.normalization = epsilon, normalization
+
+    def __repr__(self) -> str:
+        return f"CPLRP(epsilon={self.epsilon!r}, normalization={self.normalization!r})"
+
+
 def as_composite(composite, kwargs: dict | None = None) -> Composite:
     """A composite from what :class:`tf_lrp.Analyzer` accepts.
 

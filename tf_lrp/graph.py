@@ -43,6 +43,12 @@ class Node:
         The node's :class:`tf_lrp.layers.Linear` part once canonizers have looked at it.
     kind
         ``"layer"``, or ``"activation"`` for an activation split off a Dense/Conv layer.
+    roles
+        The call argument each input is passed as (``"query"``, ``"initial_state"``, ...).
+    options
+        The call's keyword arguments that are not tensors (``use_causal_mask=True``).
+    recurrent
+        For a recurrent layer, its unrolled form (:class:`tf_lrp.recurrent.Recurrent`).
     """
 
     name: str
@@ -52,6 +58,9 @@ class Node:
     call: Callable[[list[Tensor]], list[Tensor]]
     linear: object | None = None
     kind: str = "layer"
+    roles: list[str] | None = None
+    options: dict | None = None
+    recurrent: object | None = None
 
 
 @dataclass
@@ -66,6 +75,8 @@ class Graph:
     input_names: list[str]
     output_names: list[str]
     shapes: dict[int, tuple] = field(default_factory=dict)
+    #: keys of tensors that carry a Keras mask (``Embedding(mask_zero=True)``, ``Masking``)
+    masked: set[int] = field(default_factory=set)
     _next_key: int = field(default=0, repr=False)
 
     def new_key(self) -> int:
@@ -156,4 +167,9 @@ def _walk(fn, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int,
         n = counts.get(id(op), 0)
         counts[id(op)] = n + 1
         name = prefix + op.name + (f":{n}" if n else "")
-        graph.nodes.append(Node(name, op, in_keys, out_keys, keras_adapter.node_call(node)))
+        for kt, k in zip(outputs, out_keys):
+            if keras_adapter.mask_of(kt) is not None:
+                graph.masked.add(k)
+        graph.nodes.append(Node(name, op, in_keys, out_keys, keras_adapter.node_call(node),
+                                roles=keras_adapter.input_roles(node),
+                                options=keras_adapter.static_kwargs(node)))

@@ -57,6 +57,77 @@ def node_call(node) -> Callable[[list], list]:
     return call
 
 
+def input_roles(node) -> list[str]:
+    """The call argument each input KerasTensor of ``node`` is passed as (``"query"``,
+    ``"value"``, ``"initial_state"``, ``"mask"`` ...), in the order of its input tensors.
+
+    Positional arguments are named by the operation's ``call`` signature (``"arg<i>"`` where it
+    has none); a list argument names every tensor in it.
+    """
+    import inspect
+
+    op = node.operation
+    try:
+        params = [p.name for p in inspect.signature(op.call).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    except (TypeError, ValueError, AttributeError):
+        params = []
+    from keras.src.backend import KerasTensor
+
+    roles = []
+    for path, t in keras.tree.flatten_with_path((node.arguments.args, node.arguments.kwargs)):
+        if not isinstance(t, KerasTensor):
+            continue
+        where, key = path[0], path[1]
+        if where == 0:
+            roles.append(params[key] if key < len(params) else f"arg{key}")
+        else:
+            roles.append(str(key))
+    if len(roles) != len(node.input_tensors):  # an argument structure not seen before
+        return ["?"] * len(node.input_tensors)
+    return roles
+
+
+def static_kwargs(node) -> dict:
+    """The call keyword arguments of ``node`` that are not tensors (``use_causal_mask=True``)."""
+    from keras.src.backend import KerasTensor
+
+    return {k: v for k, v in node.arguments.kwargs.items()
+            if not any(isinstance(t, KerasTensor) for t in keras.tree.flatten(v))}
+
+
+def attention_internals(layer) -> dict:
+    """The parts of a built ``keras.layers.MultiHeadAttention`` that its ``call`` uses."""
+    return {
+        "query_dense": layer._query_dense,
+        "key_dense": layer._key_dense,
+        "value_dense": layer._value_dense,
+        "output_dense": layer._output_dense,
+        "dot_product_equation": layer._dot_product_equation,
+        "combine_equation": layer._combine_equation,
+        "inverse_sqrt_key_dim": layer._inverse_sqrt_key_dim,
+        "masked_softmax": layer._masked_softmax,
+        "softmax_axes": tuple(layer._softmax.axis) if isinstance(layer._softmax.axis, (list, tuple))
+        else (layer._softmax.axis,),
+        "use_gate": bool(getattr(layer, "_use_gate", False)),
+        "sliding_window": getattr(layer, "_sliding_window", None),
+    }
+
+
+def mask_of(x):
+    """The Keras mask attached to a tensor (``mask_zero`` embeddings, ``Masking``), or ``None``."""
+    from keras.src.backend.common.masking import get_keras_mask
+
+    return get_keras_mask(x)
+
+
+def set_mask(x, mask) -> None:
+    """Attach (``None``: remove) the Keras mask of a tensor, as Keras layers do."""
+    from keras.src.backend.common.masking import set_keras_mask
+
+    set_keras_mask(x, mask)
+
+
 def tensor_name(kt) -> str:
     """The name of the layer that produced a symbolic tensor (an input's InputLayer name)."""
     history = getattr(kt, "_keras_history", None)

@@ -236,6 +236,24 @@ def _separable(layer) -> Linear:
     return linear
 
 
+def _einsum_dense(layer) -> Linear:
+    """EinsumDense: ``z = einsum(equation, x, kernel)``. Several terms fuse where the input's
+    last axis is summed over (it is the kernel axis :attr:`Linear.input_axis`)."""
+    equation = layer.equation
+    inputs, rest = equation.split(",")
+    kernel_spec, output = rest.split("->")
+    last = inputs[-1]
+    axis = kernel_spec.index(last) if last in kernel_spec and last not in output else None
+
+    def scale_output(kernels, s):
+        return [kernels[0] * s]  # the output's last axis is the kernel's last (Keras's layouts)
+
+    linear = _kernel_layer(layer, lambda x, k: tf.einsum(equation, x, k[0]), scale_output,
+                           input_axis=axis)
+    linear.channel_axis = -1
+    return linear
+
+
 def batchnorm_affine(layer: kl.BatchNormalization) -> tuple[Tensor, Tensor]:
     """Return ``(s, t)`` with ``BN(x) = x * s + t`` in inference mode.
 
@@ -275,6 +293,7 @@ def _batchnorm(layer: kl.BatchNormalization) -> Linear:
 
 _LINEAR: list[tuple[type, Callable[[keras.layers.Layer], Linear]]] = [
     (kl.Dense, _dense),
+    (kl.EinsumDense, _einsum_dense),
     (kl.SeparableConv1D, _separable),
     (kl.SeparableConv2D, _separable),
     (kl.DepthwiseConv1D, _depthwise),

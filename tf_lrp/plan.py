@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from tf_lrp import canonizers, composites, weightless
+from keras import layers as kl
+
+from tf_lrp import attention, canonizers, composites, recurrent, weightless
 from tf_lrp import rules as lrp_rules
 from tf_lrp.graph import Graph, Node, build_graph
 
@@ -27,12 +29,14 @@ _FIXED: dict[str, lrp_rules.Rule] = {
     weightless.ROUTE: lrp_rules.Route(),
     weightless.PROPORTIONAL: lrp_rules.Zero(),
     weightless.NORMALIZATION: lrp_rules.Epsilon(),
+    weightless.NONE: lrp_rules.NoRelevance(),
 }
 
 
 def is_weighted(node: Node) -> bool:
     """Whether a node counts as a layer with weights for composites (not elementwise affine)."""
-    return node.linear is not None and not weightless.is_elementwise(node.layer)
+    return (node.linear is not None and not weightless.is_elementwise(node.layer)) or \
+        node.recurrent is not None
 
 
 def value_ranges(graph: Graph) -> dict[int, weightless.Range]:
@@ -79,12 +83,28 @@ def assign_rules(graph: Graph, composite: composites.Composite, ranges: dict
     problems: list[tuple[Node, str]] = []
     for node in graph.nodes:
         weighted = is_weighted(node)
-        first = weighted and not any(after_weights.get(k, False) for k in node.inputs)
+        first = weighted and node.recurrent is None and \
+            not any(after_weights.get(k, False) for k in node.inputs)
+        embedding = node.kind == "layer" and isinstance(node.layer, kl.Embedding)
         for k in node.outputs:
-            after_weights[k] = weighted or any(after_weights.get(k2, False) for k2 in node.inputs)
+            after_weights[k] = weighted or embedding or \
+                any(after_weights.get(k2, False) for k2 in node.inputs)
         node_facts = facts(graph, node, ranges)
+        refused = _refused(node)
+        if refused:
+            problems.append((node, refused))
+            continue
         if node.kind == "activation":
             rule = _FIXED[weightless.PASS]
+        elif node.recurrent is not None:
+            rule = composite.rule_for(node.layer, first=False, weighted=True)
+            rule = None if rule is None else recurrent.RecurrentRule(rule)
+        elif isinstance(node.layer, attention.AttentionPart):
+            rule = composite.rule_for(node.layer, first=False, weighted=False) or \
+                attention.default_rule(node.layer)
+        elif embedding:
+            rule = composite.rule_for(node.layer, first=False, weighted=False) or \
+                lrp_rules.EmbeddingSum()
         else:
             rule = composite.rule_for(node.layer, first=first, weighted=weighted)
             if rule is None and not weighted:
@@ -99,6 +119,18 @@ def assign_rules(graph: Graph, composite: composites.Composite, ranges: dict
         else:
             assigned[node.name] = rule
     return assigned, problems
+
+
+def _refused(node: Node) -> str | None:
+    """Why a recurrent or attention node cannot be explained at all (whatever the rule)."""
+    if node.kind != "layer" or node.recurrent is not None:
+        return None
+    layer = node.layer
+    if isinstance(layer, kl.Bidirectional):
+        layer = layer.forward_layer
+    if isinstance(layer, kl.RNN):
+        return recurrent.check_layer(layer) or "cannot be unrolled"
+    return attention.check_layer(layer)
 
 
 def unsupported_message(problems: list[tuple[Node, str]], composite) -> str:
@@ -119,8 +151,9 @@ def unsupported_message(problems: list[tuple[Node, str]], composite) -> str:
         f"cannot explain this model: no LRP rule fits {len(problems)} layer"
         f"{'s' if len(problems) > 1 else ''} of {len(by_class)} class"
         f"{'es' if len(by_class) > 1 else ''}:\n" + "\n".join(lines) + "\n"
-        "Supported without configuration: see the layer table in the README (Dense, every "
-        "convolution, BatchNormalization, activations, pooling, Add/Subtract/Multiply/Average, "
+        "Supported without configuration: see the layer table in the README (Dense, EinsumDense, "
+        "every convolution, BatchNormalization, Embedding, SimpleRNN/LSTM/GRU/Bidirectional, "
+        "MultiHeadAttention/Attention, activations, pooling, Add/Subtract/Multiply/Average, "
         "x + y and other keras.ops nodes, reshapes, normalization and preprocessing layers).\n"
         "Fix: map a rule to the class or layer name, e.g. "
         f"Analyzer(model, composites.Overrides({composite!r}, [({example!r}, rules.Pass())])); "
@@ -181,6 +214,23 @@ def input_chains(graph: Graph) -> dict[str, tuple[int, list[Node]]]:
             if not is_weighted(node) and len(node.outputs) == 1:
                 key, path = chains[node.inputs[0]]
                 chains[node.outputs[0]] = (key, [*path, node])
+    return out
+
+
+def token_inputs(graph: Graph) -> dict[int, Node]:
+    """Model inputs that are token ids: ``{input position: the Embedding node reading it}``.
+
+    An input counts when one ``Embedding`` reads it and nothing else does, except operations
+    that compute masks from it (``NotEqual`` for ``mask_zero``). Gradient-based methods take
+    their gradients with respect to that Embedding's output (embedding space).
+    """
+    consumers = graph.consumers()
+    out: dict[int, Node] = {}
+    for i, k in enumerate(graph.inputs):
+        readers = [n for n in consumers.get(k, [])
+                   if weightless.handling(n.layer, len(n.inputs)) != weightless.NONE]
+        if len(readers) == 1 and isinstance(readers[0].layer, kl.Embedding):
+            out[i] = readers[0]
     return out
 
 

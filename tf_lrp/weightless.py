@@ -14,6 +14,8 @@ its class:
   known to lie in [0, 1]: a sigmoid, hard sigmoid or softmax) gets no relevance and the other
   factors share all of it (Arras et al. 2017, "signal-take-all"); without a gate the factors
   share it uniformly (AttnLRP, Achtibat et al. 2024, Prop. 3.2).
+* ``NONE``: operations that compute masks (``NotEqual``, ``LogicalOr``, ... as Keras records
+  them for ``Embedding(mask_zero=True)``): their boolean outputs carry no relevance.
 * ``NORMALIZATION``: LayerNormalization, GroupNormalization, UnitNormalization,
   RMSNormalization: the epsilon rule
   on the layer with its normalizing scale held constant (AttnLRP, Prop. 3.4).
@@ -39,9 +41,16 @@ ROUTE = "route"
 PROPORTIONAL = "proportional"
 PRODUCT = "product"
 NORMALIZATION = "normalization"
+NONE = "none"
+
+#: operations that compute masks (comparisons, logical ops): their outputs carry no relevance
 
 _op = keras_adapter.op_classes
 _app = keras_adapter.application_layer_classes
+
+#: operations that compute masks (comparisons, logical operations): no relevance reaches them
+MASKING = _op("NotEqual", "Equal", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd",
+              "LogicalOr", "LogicalNot", "LogicalXor", "Any", "All", "IsNan", "IsFinite")
 
 _ACTIVATION_LAYERS = (kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl.Softmax)
 _ACTIVATION_OPS = _op("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu",
@@ -82,6 +91,7 @@ _FIXED: list[tuple[tuple[type, ...], str]] = [
     (_DROPOUT + _MAX_POOLING + _RESHAPING + _MAXIMUM + (kl.InputLayer,), ROUTE),
     (_AVERAGING + _SUMS + _DIFFERENCES + _op("Sum", "Negative"), PROPORTIONAL),
     (_NORMALIZATIONS, NORMALIZATION),
+    (MASKING, NONE),
 ]
 
 

@@ -22,6 +22,7 @@ group run as one operation on stacked inputs and kernels where the layer allows 
 
 from __future__ import annotations
 
+from tf_lrp.rules.attention import AttnSoftmax, Bilinear, NoRelevance
 from tf_lrp.rules.base import BasicRule, Facts, Rule
 from tf_lrp.rules.basic import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, Zero, ZPlus
 from tf_lrp.rules.modifiers import (
@@ -37,7 +38,7 @@ from tf_lrp.rules.modifiers import (
     unchanged,
 )
 from tf_lrp.rules.propagation import Context, Group, Term, propagate, stabilize
-from tf_lrp.rules.routing import Pass, Route, SignalTakesAll, UniformProduct
+from tf_lrp.rules.routing import EmbeddingSum, Pass, Route, SignalTakesAll, UniformProduct
 
 #: The rules by snake_case name (used by :func:`tf_lrp.composites.get` and the CLI).
 RULES: dict[str, type[Rule]] = {
@@ -53,10 +54,13 @@ RULES: dict[str, type[Rule]] = {
     "route": Route,
     "signal_takes_all": SignalTakesAll,
     "uniform_product": UniformProduct,
+    "embedding_sum": EmbeddingSum,
+    "bilinear": Bilinear,
+    "attn_softmax": AttnSoftmax,
 }
 
 __all__ = [
-    "RULES", "AlphaBeta", "BasicRule", "Context", "Epsilon", "Facts", "Flat", "Gamma", "Group",
+    "RULES", "AlphaBeta", "AttnSoftmax", "BasicRule", "Bilinear", "Context", "EmbeddingSum", "Epsilon", "Facts", "Flat", "Gamma", "Group", "NoRelevance",
     "Pass", "Route", "Rule", "SignalTakesAll", "Term", "UniformProduct", "WSquare", "ZBox",
     "ZPlus", "Zero", "bound", "flat", "identity", "minus", "negative", "ones", "plus",
     "positive", "propagate", "square", "stabilize", "unchanged",

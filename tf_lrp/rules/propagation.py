@@ -66,6 +66,9 @@ class Context:
     input_bounds
         ``input_bounds(low, high) -> (low', high')`` maps bounds given in the model's input
         space to this node's input (through preprocessing layers such as ``Rescaling``).
+    saved
+        What the node's own forward kept for its rule (the states and gates of a recurrent
+        layer), or ``None``.
     """
 
     node: object
@@ -79,6 +82,7 @@ class Context:
     gates: list[bool] | None = None
     negative_silent: bool = False
     input_bounds: Callable | None = None
+    saved: object = None
 
     def gradient(self, upstream: Sequence[Tensor]) -> list[Tensor]:
         """Vector-Jacobian product of this node's operation with ``upstream`` (one per output)."""
@@ -105,11 +109,15 @@ def _vjp(fn: Callable[[list[Tensor]], list[Tensor]], us: list[Tensor],
     the transposed op needs no forward value (linear layers, reshapes) the forward recorded here
     is dead code, and TensorFlow prunes it from the traced graph.
     """
+    floats = [u for u in us if u.dtype.is_floating]
     with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(us)
+        tape.watch(floats)
         outs = fn(us)
-    return list(tape.gradient(outs, us, output_gradients=list(upstream),
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    grads = iter(tape.gradient(outs, floats, output_gradients=list(upstream),
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    # inputs that are not floats (masks, tokens) have no gradient: zeros
+    return [next(grads) if u.dtype.is_floating else tf.zeros(tf.shape(u), upstream[0].dtype)
+            for u in us]
 
 
 def _linear_vjp(apply, kernels: list[Tensor], u: Tensor, s: Tensor) -> Tensor:
@@ -127,7 +135,8 @@ Part = tuple[Tensor, Callable[[Tensor], list]]  # (z_t, s -> relevance per input
 
 def _times_input(us: list, vjp: Callable[[Tensor], list]) -> Callable[[Tensor], list]:
     """Step 4 for one term: ``u * (rho(W)^T s)`` per input (``None`` where the term has no input)."""
-    return lambda s: [None if u is None else u * c for u, c in zip(us, vjp(s))]
+    return lambda s: [None if u is None or not u.dtype.is_floating else u * c
+                      for u, c in zip(us, vjp(s))]
 
 
 def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:

@@ -90,3 +90,20 @@ class UniformProduct(_Product):
 
     def receivers(self, gates: Sequence[bool]) -> list[bool]:
         return [True] * len(gates)
+
+
+class EmbeddingSum(Rule):
+    """Token relevance: the relevance at an ``Embedding``'s output summed over the embedding
+    axis (Arras et al. 2017): one value per token, in the shape of the token input."""
+
+    zeros = "unknown"
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        return [tf.reduce_sum(ctx.relevance[0], axis=-1)]
+
+    def check(self, node, facts: Facts) -> str | None:
+        from keras import layers as kl
+
+        if not isinstance(node.layer, kl.Embedding):
+            return f"{self!r} fits Embedding layers only"
+        return None
