@@ -19,9 +19,13 @@ every round calls every method once, in a rotated order. Reported per method:
   Gradient's (see :func:`memory_worker` for how it is measured).
 
 Models need no download: ``vgg16``/``resnet50`` are ``keras.applications`` architectures with
-random weights (``weights=None``) at 224x224, ``shipped`` means every model in ``saved_models/``,
-and any other entry is a path to a model file. Inputs are uniform in [-1, 1]; ``EpsilonGammaBox``
-uses the bounds ``low=-1, high=1``. The same script runs on a GPU unchanged when one is visible.
+random weights (``weights=None``) at 224x224; ``lstm`` and ``transformer`` are sequence
+classifiers with random weights over 128 tokens (vocabulary 1000, Embedding 64, LSTM 128; two
+Transformer blocks of 4 heads, feed-forward 128) (:func:`sequence_model`); ``shipped`` means
+every model in ``saved_models/``, and any other entry is a path to a model file. Inputs are
+uniform in [-1, 1], token ids uniform over the vocabulary for models with integer inputs (no
+raw gradient row: a token id has none); ``EpsilonGammaBox`` uses the bounds ``low=-1, high=1``.
+For sequence models pass ``--composites attn_lrp,cp_lrp,epsilon``. The same script runs on a GPU unchanged when one is visible.
 
 Progress goes to stderr, the markdown table to stdout (and is appended to ``--out``).
 """
@@ -81,11 +85,35 @@ def expand_models(spec: str) -> list[str]:
 
 def model_name(spec: str) -> str:
     """A short display name for a model spec."""
-    return Path(spec).stem if spec not in ("vgg16", "resnet50") else spec
+    return Path(spec).stem if spec not in ("vgg16", "resnet50", "lstm", "transformer") else spec
+
+
+SEQUENCE_LENGTH, VOCABULARY = 128, 1000
+
+
+def sequence_model(kind: str):
+    """A sequence classifier with random weights: ``"lstm"`` (Embedding -> LSTM(128) -> Dense)
+    or ``"transformer"`` (Embedding + positions -> 2 blocks of MultiHeadAttention(4 x 16),
+    residual, LayerNormalization, feed-forward GELU 128 -> 64, residual, LayerNormalization ->
+    average pooling -> Dense)."""
+    import keras
+    from keras import layers as kl
+
+    tokens = keras.Input((SEQUENCE_LENGTH,), dtype="int32")
+    x = kl.Embedding(VOCABULARY, 64)(tokens)
+    if kind == "lstm":
+        return keras.Model(tokens, kl.Dense(4)(kl.LSTM(128)(x)), name="lstm")
+    positions = np.random.default_rng(0).normal(0, 0.1, (1, SEQUENCE_LENGTH, 64)).astype("float32")
+    x = x + positions
+    for _ in range(2):
+        x = kl.LayerNormalization()(kl.Add()([x, kl.MultiHeadAttention(4, 16)(x, x)]))
+        f = kl.Dense(64)(kl.Dense(128, activation="gelu")(x))
+        x = kl.LayerNormalization()(kl.Add()([x, f]))
+    return keras.Model(tokens, kl.Dense(4)(kl.GlobalAveragePooling1D()(x)), name="transformer")
 
 
 def build_model(spec: str):
-    """``vgg16``/``resnet50`` with random weights, or a model file loaded by tf_lrp."""
+    """``vgg16``/``resnet50`` or a sequence model with random weights, or a model file."""
     import keras
 
     import tf_lrp
@@ -95,13 +123,28 @@ def build_model(spec: str):
         return keras.applications.VGG16(weights=None)
     if spec == "resnet50":
         return keras.applications.ResNet50(weights=None)
+    if spec in ("lstm", "transformer"):
+        return sequence_model(spec)
     return tf_lrp.load_model(spec)
 
 
+def is_token_model(model) -> bool:
+    """Whether the model's input is integer token ids."""
+    return "int" in str(model.inputs[0].dtype)
+
+
 def make_input(model, batch: int, seed: int = 0) -> np.ndarray:
-    """A float32 batch uniform in [-1, 1] for a single-input model."""
-    shape = tuple(model.inputs[0].shape[1:])
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, *shape)).astype("float32")
+    """A float32 batch uniform in [-1, 1] for a single-input model (token ids for a model with
+    an integer input, uniform over its Embedding's vocabulary)."""
+    shape = tuple(d or SEQUENCE_LENGTH for d in model.inputs[0].shape[1:])
+    rng = np.random.default_rng(seed)
+    if is_token_model(model):
+        import keras
+
+        vocab = next(layer.input_dim for layer in model.layers
+                     if isinstance(layer, keras.layers.Embedding))
+        return rng.integers(1, vocab, (batch, *shape)).astype("int32")
+    return rng.uniform(-1, 1, (batch, *shape)).astype("float32")
 
 
 # ------------------------------------------------------------------------------- methods
@@ -140,7 +183,7 @@ def method_factories(model, composites: Sequence[str]) -> dict[str, Callable[[],
     import tf_lrp
 
     factories: dict[str, Callable[[], Explain]] = {}
-    if len(model.inputs) == 1:
+    if len(model.inputs) == 1 and not is_token_model(model):
         factories[RAW] = lambda: raw_gradient(model)
     factories[GRADIENT] = lambda: tf_lrp.analyzers.Gradient(model)
     for name in composites:

@@ -228,3 +228,28 @@ def test_gradient_methods_work_in_embedding_space():
     pad = baselines.IntegratedGradients(model, steps=4, baseline_token=0)(tokens, target=2)
     want_pad = np.einsum("btd,td->bt", e - table[0], kernel[:, 2].reshape(5, 3))
     np.testing.assert_allclose(pad, want_pad, rtol=1e-5, atol=1e-6)
+
+
+def test_positional_constant_shares_relevance_in_proportion():
+    """``x + pos`` with a constant: the token embedding keeps its share ``e / (e + pos)`` of
+    every component's relevance (LRP-0 on the sum), the constant absorbs the rest."""
+    pos = np.random.default_rng(5).normal(size=(1, 4, 3)).astype("float32")
+    model = _model(lambda t: kl.Dense(2, use_bias=False)(kl.Flatten()(
+        kl.Embedding(9, 3)(t) + pos)), shape=(4,), dtype="int32")
+    tokens = np.array([[1, 2, 3, 4], [8, 7, 6, 5]])
+    table, kernel = model.layers[1].embeddings.numpy(), model.layers[-1].kernel.numpy()
+    e = table[tokens]
+    total = e + pos
+    r_sum = total.reshape(2, -1) * kernel[:, 1]  # LRP-0 on the Dense: relevance of each sum
+    want = (r_sum.reshape(e.shape) * e / total).sum(-1)
+    got = tf_lrp.Analyzer(model, LRP0)(tokens, target=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_unrolled_keras_lstm_explains_like_the_looped_one():
+    looped = _model(lambda t: kl.Dense(2)(kl.LSTM(4)(t)))
+    unrolled = _model(lambda t: kl.Dense(2)(kl.LSTM(4, unroll=True)(t)))
+    unrolled.set_weights(looped.get_weights())
+    x = _x()
+    a, b = (tf_lrp.Analyzer(m, "attn_lrp")(x) for m in (looped, unrolled))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())

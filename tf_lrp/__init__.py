@@ -18,9 +18,10 @@ from tf_lrp.errors import InputError, LRPError, ModelLoadError, UnsupportedLayer
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "analyzer", "analyzers", "baselines", "callbacks", "canonizers", "cli", "composites",
-    "datasets", "evaluate", "graph", "io", "keras_adapter", "layers", "plan", "rules", "summary",
-    "visualize", "weightless",
+    "analyzer", "analyzers", "attention", "base", "baselines", "callbacks", "canonizers", "cli",
+    "composites", "datasets", "distribute", "evaluate", "gradients", "graph", "io",
+    "keras_adapter", "layers", "plan", "recurrent", "rules", "summary", "visualize",
+    "weightless",
 }
 _NAMES = {"Analyzer": "tf_lrp.analyzer", "load_model": "tf_lrp.io"}
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_lrp.analyzer import BaseAnalyzer
-from tf_lrp.analyzers import Gradient
+from tf_lrp.base import BaseAnalyzer
+from tf_lrp.gradients import Gradient
 
 __all__ = ["IntegratedGradients", "Random", "SmoothGrad"]
 
@@ -111,7 +111,7 @@ class SmoothGrad(_AveragedGradient):
     chunk_size
         Largest number of noisy inputs (batch x copies) in one forward/backward pass.
     **kwargs
-        ``output``, ``batch_size``, ``jit_compile``: see :class:`~tf_lrp.analyzer.BaseAnalyzer`.
+        ``output``, ``batch_size``, ``jit_compile``: see :class:`~tf_lrp.base.BaseAnalyzer`.
     """
 
     def __init__(self, model, noise_level: float = 0.15, n_samples: int = 50, *, seed: int = 0,
@@ -172,7 +172,7 @@ class IntegratedGradients(_AveragedGradient):
     chunk_size
         Largest number of path points (batch x steps) in one forward/backward pass.
     **kwargs
-        ``output``, ``batch_size``, ``jit_compile``: see :class:`~tf_lrp.analyzer.BaseAnalyzer`.
+        ``output``, ``batch_size``, ``jit_compile``: see :class:`~tf_lrp.base.BaseAnalyzer`.
     """
 
     _returns_gradient = False
@@ -249,7 +249,7 @@ class Random(BaseAnalyzer):
     seed
         Seed of the generator created here; a new ``Random(model, seed=s)`` repeats its values.
     **kwargs
-        ``output``, ``batch_size``: see :class:`~tf_lrp.analyzer.BaseAnalyzer`.
+        ``output``, ``batch_size``: see :class:`~tf_lrp.base.BaseAnalyzer`.
     """
 
     def __init__(self, model, *, seed: int = 0, **kwargs):
