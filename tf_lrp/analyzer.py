@@ -20,7 +20,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tf_lrp import composites, plan, weightless
+from tf_lrp import composites, concepts, plan, weightless
 from tf_lrp import rules as lrp_rules
 from tf_lrp.base import BaseAnalyzer, _carry_mask, _traced
 from tf_lrp.errors import UnsupportedLayerError
@@ -32,6 +32,38 @@ Tensor = tf.Tensor
 
 #: The relevance the backward pass starts from (see :class:`Analyzer`).
 STARTS = ("output", "logodds", "all")
+
+
+class _Repeated(dict):
+    """A view of forward values with every sample repeated ``k`` times (``b * k + j``),
+    computed on first use (see :meth:`Analyzer._backward`)."""
+
+    def __init__(self, base: dict, k):
+        super().__init__()
+        self.base, self.k = base, k
+
+    def __missing__(self, key):
+        value = self.base[key]
+        if isinstance(value, dict):
+            raise UnsupportedLayerError(
+                "conditions (concept relevance) above a recurrent layer are not supported: "
+                "condition a layer below it")
+        self[key] = tf.repeat(value, self.k, axis=0)
+        return self[key]
+
+    def get(self, key, default=None):
+        return self[key] if key in self.base else default
+
+    def __contains__(self, key) -> bool:
+        return key in self.base
+
+
+def _channel_mask(mask: Tensor, r: Tensor) -> Tensor:
+    """``(B, k, C)`` mask as a factor for relevance ``r`` of shape ``(B * k, ..., C)``."""
+    c = tf.shape(mask)[-1]
+    flat = tf.reshape(tf.cast(mask, r.dtype), tf.stack([-1, c]))
+    return tf.reshape(flat, tf.concat([[tf.shape(flat)[0]], tf.ones([r.shape.rank - 2], tf.int32),
+                                       [c]], 0))
 
 
 class Analyzer(BaseAnalyzer):
@@ -89,6 +121,7 @@ class Analyzer(BaseAnalyzer):
         self._chains = plan.input_chains(self.graph)
         self._recompute = self._recompute_plan()
         self._layerwise_fn = None
+        self._conditional_fns: dict[tuple, object] = {}
 
     def _assign_rules(self) -> dict[str, lrp_rules.Rule]:
         assigned, problems = plan.assign_rules(self.graph, self.composite, self._ranges)
@@ -196,7 +229,15 @@ class Analyzer(BaseAnalyzer):
                                   keepdims=True)
         return tf.reshape(tf.where(flat >= threshold, flat, tf.zeros_like(flat)), tf.shape(r))
 
-    def _backward(self, xs, targets, keep_all: bool = False):
+    def _backward(self, xs, targets, keep_all: bool = False, masks: dict | None = None):
+        """Relevance at the inputs (and, with ``keep_all``, at every tensor).
+
+        ``masks`` (Concept Relevance Propagation) maps node names to ``(B, k, channels)``
+        masks: where the backward pass reaches the first of these nodes, the relevance of every
+        tensor still in flight is repeated ``k`` times per sample (the pass above is shared),
+        and at each of them the relevance at its output is multiplied by its mask; the
+        forward values below are repeated alike. Inputs then have ``B * k`` samples.
+        """
         values, z0s = self._forward(xs)
         relevance = {self._output_key: self._start(values[self._output_key], targets)}
         seen: dict[int, Tensor] = {}
@@ -205,6 +246,15 @@ class Analyzer(BaseAnalyzer):
             r_out = [relevance.pop(k, None) for k in node.outputs]
             if all(r is None for r in r_out):
                 continue
+            if masks and node.name in masks:
+                if not isinstance(values, _Repeated):  # the first condition: k copies from here
+                    k = tf.shape(masks[node.name])[1]
+                    values, z0s = _Repeated(values, k), _Repeated(z0s, k)
+                    memo = {key: v for key, v in memo.items() if isinstance(key, tuple)}
+                    relevance = {key: tf.repeat(r, k, axis=0) for key, r in relevance.items()}
+                    r_out = [None if r is None else tf.repeat(r, k, axis=0) for r in r_out]
+                r_out = [None if r is None else r * _channel_mask(masks[node.name], r)
+                         for r in r_out]
             r_out = [tf.zeros_like(values[k]) if r is None else r for k, r in zip(node.outputs, r_out)]
             if keep_all:
                 seen.update(zip(node.outputs, r_out))
@@ -234,8 +284,8 @@ class Analyzer(BaseAnalyzer):
                 relevance[k] = r if k not in relevance else relevance[k] + r
         # float inputs get relevance of their dtype; token (integer) inputs float32
         dtypes = [x.dtype if x.dtype.is_floating else tf.float32 for x in xs]
-        inputs = [tf.cast(relevance[k], d) if k in relevance else tf.zeros(tf.shape(x), d)
-                  for k, x, d in zip(self.graph.inputs, xs, dtypes)]
+        inputs = [tf.cast(relevance[k], d) if k in relevance else tf.zeros(tf.shape(values[k]), d)
+                  for k, d in zip(self.graph.inputs, dtypes)]
         return inputs, seen
 
     def _explain(self, xs, targets):
@@ -247,6 +297,77 @@ class Analyzer(BaseAnalyzer):
         for name, r in zip(self.graph.input_names, inputs):
             out["input" if len(inputs) == 1 else f"input/{name}"] = r
         return out
+
+    # ---------------------------------------------------------------- concepts (CRP)
+    def __call__(self, x, target=None, conditions: dict | None = None):
+        """Explain ``x`` (see :meth:`tf_lrp.base.BaseAnalyzer.__call__`).
+
+        ``conditions={layer: [channels], ...}`` gives the conditional heatmap of Concept
+        Relevance Propagation: only relevance passing through those channels of those layers
+        reaches the input (:meth:`conditional` for many conditions at once).
+        """
+        if conditions is None:
+            return super().__call__(x, target)
+        if not isinstance(conditions, dict) or not all(
+                np.ndim(v) <= 1 for v in conditions.values()):
+            raise TypeError("conditions= takes one {layer: [channels]} dict; use "
+                            "analyzer.conditional(x, target, [dict, ...]) for several")
+        out = self.conditional(x, target, [conditions])
+        return [r[:, 0] for r in out] if isinstance(out, list) else out[:, 0]
+
+    def conditional(self, x, target=None, conditions=()) -> np.ndarray | list[np.ndarray]:
+        """Conditional heatmaps (Concept Relevance Propagation, Achtibat et al. 2023).
+
+        Parameters
+        ----------
+        x, target
+            As for ``__call__``.
+        conditions
+            ``k`` conditions per sample, in one of the forms of
+            :func:`tf_lrp.concepts.condition_masks`: a list of ``{layer: [channels]}`` dicts
+            (the same for every sample), or a dict of per-sample channel indices
+            ``{layer: (n, k)}`` (e.g. each sample's top-k channels) or masks.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, k, *input_shape)``: heatmap ``j`` of sample ``i`` is the input relevance of
+            the relevance that passes the channels of condition ``j``. The ``k`` heatmaps of a
+            sample share its forward pass and the backward pass above the first conditioned
+            layer (one traced call; another ``k`` or other channels do not retrace). Over a
+            partition of a layer's channels they sum to the plain heatmap where every path to
+            the output passes that layer.
+        """
+        xs = self._prepare(x)
+        n = xs[0].shape[0]
+        t = self._targets(target, n)
+        masks = concepts.condition_masks(self.graph, conditions, n)
+        names = tuple(sorted(masks))
+        if names not in self._conditional_fns:
+            specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
+                                                                    self.graph.input_dtypes)]
+            mask_specs = {name: tf.TensorSpec((None, None, masks[name].shape[2]), tf.bool)
+                          for name in names}
+            self._conditional_fns[names] = _traced(
+                self._conditional, [specs, tf.TensorSpec([None], tf.int32), mask_specs])
+        fn = self._conditional_fns[names]
+        k = next(iter(masks.values())).shape[1]
+        parts = self._map_batches(lambda lo, chunk: [r.numpy() for r in fn(
+            chunk, tf.constant(t[lo:lo + chunk[0].shape[0]]),
+            {name: tf.constant(masks[name][lo:lo + chunk[0].shape[0]]) for name in names})], xs)
+        result = [np.concatenate([p[i] for p in parts]).reshape(n, k, *xs[i].shape[1:])
+                  for i in range(len(xs))]
+        return result[0] if len(result) == 1 else result
+
+    def _conditional(self, xs, targets, masks):
+        return self._backward(xs, targets, masks=masks)[0]
+
+    def concept_relevance(self, x, target=None, layer: str = "") -> np.ndarray:
+        """The relevance of every channel of ``layer`` per sample: ``(n, channels)``, summed over
+        the other axes (positions). They sum to the relevance reaching the layer."""
+        node = concepts.condition_node(self.graph, layer)
+        r = self.layerwise(x, target)[node.name]
+        return r.reshape(r.shape[0], -1, r.shape[-1]).sum(axis=1)
 
     def layerwise(self, x, target=None) -> dict[str, np.ndarray]:
         """Relevance at every node's output (and at the input), for conservation checks.
