@@ -258,4 +258,5 @@ class Random(BaseAnalyzer):
         super().__init__(model, **kwargs)
 
     def _explain(self, xs, targets):
-        return [self._generator.uniform(tf.shape(x), dtype=x.dtype) for x in xs]
+        return [self._generator.uniform(tf.shape(x), dtype=x.dtype if x.dtype.is_floating
+                                        else tf.float32) for x in xs]
