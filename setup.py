@@ -26,7 +26,10 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=7", "tf-keras>=2.16", "ruff>=0.5"],
+        # tf_lrp.ray and tf-lrp explain --ray: Ray Data (actor pools, retries, spilling)
+        "ray": ["ray[data]>=2.9"],
+        # the test suite runs the Ray tests too (on a local Ray instance)
+        "test": ["pytest>=7", "tf-keras>=2.16", "ruff>=0.5", "ray[data]>=2.9", "pandas>=1.5"],
     },
     entry_points={"console_scripts": ["tf-lrp=tf_lrp.cli:main"]},
 )

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from tf_lrp import Analyzer, cli, composites, load_model, rules, visualize
+from tf_lrp.cli import files as cli_files
 from tf_lrp.datasets import SHAPES_CLASSES, load_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,15 +251,15 @@ def test_rerun_recomputes_without_resume_and_skips_with_it(tmp_path, capsys, mlp
 
 def test_interrupted_run_leaves_complete_files(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    real_save_png, calls = visualize.save_png, []
+    real_encode_png, calls = cli_files.encode_png, []
 
-    def save_png_then_interrupt(path, image):
-        calls.append(path)
-        if len(calls) == 3:
+    def encode_png_then_interrupt(image):
+        calls.append(image)
+        if len(calls) == 3:  # the first sample of the second batch
             raise KeyboardInterrupt
-        real_save_png(path, image)
+        return real_encode_png(image)
 
-    monkeypatch.setattr(visualize, "save_png", save_png_then_interrupt)
+    monkeypatch.setattr(cli_files, "encode_png", encode_png_then_interrupt)
     code, _, err = run(capsys, "explain", MLP, DIGITS, "--out", out, "--batch-size", "2")
     assert code == cli.EXIT_INTERRUPTED and "--resume" in err
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
@@ -304,8 +305,15 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, capsys):
     assert any("notes.txt" in line and "image" in line for line in reported)
     assert "Traceback" not in err
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["good.npy", "good.png", "nan_0.npy", "nan_0.png", "summary.csv"]
+    assert written == ["good.npy", "good.png", "nan_0.npy", "nan_0.png", "skipped.csv",
+                       "summary.csv"]
     assert [r["input"] for r in read_summary(out)] == ["good", "nan_0"]
+    with open(out / "skipped.csv", newline="", encoding="utf-8") as stream:
+        listed = {row["input"]: row["reason"] for row in csv.DictReader(stream)}
+    assert set(listed) == {str(folder / "corrupt.png"), str(folder / "wrong.npy"),
+                           f"{folder / 'nan.npy'}[1]", str(folder / "notes.txt")}
+    assert "cannot be read as an image" in listed[str(folder / "corrupt.png")]
+    assert "NaN" in listed[f"{folder / 'nan.npy'}[1]"]
 
 
 def test_duplicate_output_names_are_skipped(tmp_path, capsys, batch):
@@ -571,7 +579,7 @@ def test_composites_lists_names_and_parameters(capsys):
          "must be a number"),
         (["explain", str(MLP), str(PNGS[0])], "--out"),
         (["info", str(MLP), "--rule", "Dense=nope"],
-         "unknown rule 'nope' in 'Dense=nope'; rules: alpha_beta, epsilon, flat, gamma, pass"),
+         "unknown rule 'nope' in 'Dense=nope'; rules: alpha_beta, "),
         (["explain", str(MLP), str(PNGS[0]), "--out", "unused", "--rule", "Dense=epsilon:gamma=1"],
          "bad parameters for rule 'epsilon'"),
         (["info", str(MLP), "--rule", "Dense=epsilon:epsilon=big"], "must be a number"),

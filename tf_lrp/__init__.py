@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "analyzer", "analyzers", "attention", "base", "baselines", "callbacks", "canonizers", "cli",
     "composites", "datasets", "distribute", "evaluate", "gradients", "graph", "io",
-    "keras_adapter", "layers", "plan", "recurrent", "rules", "summary", "visualize",
+    "keras_adapter", "layers", "plan", "ray", "recurrent", "rules", "summary", "visualize",
     "weightless",
 }
 _NAMES = {"Analyzer": "tf_lrp.analyzer", "load_model": "tf_lrp.io"}

@@ -1,0 +1,385 @@
+"""Explanations on a Ray cluster with Ray Data (optional: ``pip install "tf_lrp[ray]"``).
+
+Offline batch inference is what Ray Data does: ``map_batches`` with a stateful callable class
+runs an actor pool (each actor loads the model once; GPUs per actor; failed tasks retried on a
+restarted actor), streams blocks through the object store and spills them when memory is short.
+
+>>> import ray
+>>> from tf_lrp.ray import Explainer
+>>> ds = ray.data.read_images("s3://bucket/images", size=(224, 224), mode="RGB")
+>>> ds = ds.map_batches(Explainer, fn_constructor_kwargs={"model": "model.keras",
+...                     "composite": "epsilon_plus"}, batch_size=64,
+...                     compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1)
+>>> ds.write_parquet("s3://bucket/relevance")   # or explain_dataset(...) for tf_lrp shards
+
+:func:`explain_dataset` is the one-call version (read, explain, write shards and
+``index.csv``); ``tf-lrp explain ... --ray [ADDRESS]`` runs the command line's job on a cluster
+(:class:`EntryEngine`: the inputs are enumerated and the outputs written on the driver, decoding
+and explaining run in Ray tasks and actors, with ``--resume`` as in a local run).
+
+The module is named after the library it wraps; inside it ``import ray`` is the Ray package
+(absolute imports), and ``tf_lrp.ray`` is only imported on request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import ray
+    import ray.data
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "tf_lrp.ray needs Ray Data: pip install 'tf_lrp[ray]' (or pip install 'ray[data]')"
+    ) from err
+
+__all__ = ["Explainer", "explain_dataset", "init", "EntryEngine"]
+
+#: Output columns of :class:`Explainer` (besides the columns passed through).
+COLUMNS = ("relevance", "predicted_class", "explained_class", "logit", "relevance_sum")
+#: Entries per Ray Data job of the command line (each job starts its actor pool once).
+CLI_CHUNK = 50_000
+
+
+class Explainer:
+    """A Ray Data callable class: explains batches with LRP, loading the model once per actor.
+
+    Parameters
+    ----------
+    model
+        Path of a ``.keras``/``.h5`` file, read by each actor (it must be readable there: a
+        shared file system or object store mount), or a ``keras.Model`` (pickled to actors).
+    composite
+        A composite name (``"epsilon_gamma_box"``) or object, or a rule, as for
+        :class:`tf_lrp.Analyzer`.
+    column
+        The input column (``"image"`` for ``read_images``, ``"data"`` for ``read_numpy``).
+    target
+        Explain this class for every row; ``None``: each row's predicted class.
+    start, output, batch_size
+        As for :class:`tf_lrp.Analyzer`.
+    input_range
+        For integer (``uint8`` image) columns: the range pixel values 0..255 are mapped to
+        (default: as they are, for models that start with a ``Rescaling`` layer).
+    valid_column
+        A boolean column: rows where it is false are passed through unexplained (zero
+        relevance, class -1).
+    keep_input
+        Keep the input column in the output (dropped by default: it is not needed downstream).
+    safe_mode, custom_objects
+        As for :func:`tf_lrp.load_model`.
+    **composite_kwargs
+        Parameters of a composite given by name (e.g. ``low``, ``high``).
+
+    Returns
+    -------
+    Each call returns the batch's other columns plus ``relevance`` (float32, the input's
+    shape), ``predicted_class``, ``explained_class`` (-1 for ``start="all"``), ``logit`` and
+    ``relevance_sum``.
+    """
+
+    def __init__(self, model, composite: Any = "epsilon_plus", *, column: str = "image",
+                 target: int | None = None, start: str = "output", output=None,
+                 batch_size: int | None = None, input_range: tuple[float, float] | None = None,
+                 valid_column: str | None = None, keep_input: bool = False,
+                 safe_mode: bool = True, custom_objects: dict | None = None,
+                 **composite_kwargs):
+        import warnings
+
+        import tf_lrp
+
+        if isinstance(model, (str, Path)):
+            model = tf_lrp.load_model(model, custom_objects=custom_objects, safe_mode=safe_mode)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*softmax")  # logits are explained
+            self.analyzer = tf_lrp.Analyzer(model, composite, start=start, output=output,
+                                            batch_size=batch_size, **composite_kwargs)
+        self.column, self.target, self.start = column, target, start
+        self.input_range, self.valid_column, self.keep_input = input_range, valid_column, keep_input
+
+    def _inputs(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind in "iu" and self.input_range is not None:
+            low, high = self.input_range
+            return (low + x.astype(np.float32) * ((high - low) / 255.0)).astype(np.float32)
+        return np.asarray(x, dtype=np.float32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.column not in batch:
+            raise KeyError(f"Explainer: no column {self.column!r} in the batch (columns: "
+                           f"{', '.join(batch)}); pass column=<the input column>")
+        x = self._inputs(batch[self.column])
+        n = len(x)
+        valid = np.ones(n, bool) if self.valid_column is None else \
+            np.asarray(batch[self.valid_column], bool)
+        relevance = np.zeros(x.shape, np.float32)
+        predicted = np.full(n, -1, np.int64)
+        explained = np.full(n, -1, np.int64)
+        logit = np.zeros(n, np.float64)
+        if valid.any():
+            xv = x[valid]
+            y = self.analyzer.predict(xv)
+            pred = np.argmax(y, axis=1)
+            everything = self.start == "all"
+            target = pred if self.target is None else np.full(len(xv), self.target)
+            relevance[valid] = self.analyzer(xv, None if everything else target)
+            predicted[valid] = pred
+            explained[valid] = -1 if everything else target
+            logit[valid] = y.sum(axis=1) if everything else y[np.arange(len(xv)), target]
+        out = {k: v for k, v in batch.items() if k != self.column or self.keep_input}
+        out.update(relevance=relevance, predicted_class=predicted, explained_class=explained,
+                   logit=logit,
+                   relevance_sum=relevance.reshape(n, -1).sum(axis=1, dtype=np.float64))
+        return out
+
+
+def init(address: str | None = None, **kwargs) -> None:
+    """Connect to Ray once: ``address`` ``"auto"``, ``"ray://host:10001"`` or ``host:6379``;
+    ``None`` or ``"local"`` starts a local instance. A no-op if Ray is already initialized."""
+    if ray.is_initialized():
+        return
+    kwargs.setdefault("include_dashboard", False)
+    kwargs.setdefault("log_to_driver", False)
+    ray.init(address=None if address in (None, "local") else address, **kwargs)
+
+
+@contextlib.contextmanager
+def _ordered():
+    """Ray Data keeps block order (shards are numbered in input order); its progress bars and
+    progress log lines are left to the caller's own progress display."""
+    import logging
+
+    context = ray.data.DataContext.get_current()
+    options, logger = context.execution_options, logging.getLogger("ray.data")
+    before = options.preserve_order, context.enable_progress_bars, logger.level
+    options.preserve_order, context.enable_progress_bars = True, False
+    logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        options.preserve_order, context.enable_progress_bars = before[:2]
+        logger.setLevel(before[2])
+
+
+def _compute(actors: int | None):
+    if actors:
+        return ray.data.ActorPoolStrategy(size=actors)
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=None)
+
+
+def _explained(batch: dict[str, np.ndarray], i: int) -> int | None:
+    value = int(batch["explained_class"][i])
+    return None if value < 0 else value
+
+
+# ------------------------------------------------------------------ one-call helper
+
+
+def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_plus", *,
+                    column: str | None = None, shard_size: int = 1000, batch_size: int = 32,
+                    actors: int | None = None, num_gpus: float = 0.0,
+                    input_range: tuple[float, float] | None = None,
+                    explainer: type = Explainer, ray_remote_args: dict | None = None,
+                    **explainer_kwargs) -> Path:
+    """Read, explain and write shards in one call.
+
+    Parameters
+    ----------
+    model
+        Path of the model file (read by every actor) or a ``keras.Model``.
+    source
+        A directory, file or list of them, read with ``ray.data.read_images`` (resized to the
+        model's input size, converted to its channels) or, for ``.npy`` files,
+        ``ray.data.read_numpy``; or a ``ray.data.Dataset``.
+    out
+        Output directory: ``shards/shard-NNNNNN.npy`` of ``shard_size`` rows and ``index.csv``
+        (see :mod:`tf_lrp.cli.shards`), rows in the order of the source.
+    composite, input_range, **explainer_kwargs
+        Passed to :class:`Explainer` (``column`` defaults to ``"image"`` or ``"data"``).
+    batch_size, actors, num_gpus
+        Rows per ``map_batches`` call; a fixed actor pool (default: autoscaling from 1);
+        GPUs per actor.
+    explainer
+        The callable class (a subclass of :class:`Explainer`, e.g. with extra columns).
+    ray_remote_args
+        More arguments for the actors (e.g. ``{"max_restarts": 3}``; by default Ray Data
+        restarts a dead actor and retries its tasks).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``.
+    """
+    from tf_lrp.cli.inputs import Entry
+    from tf_lrp.cli.outputs import Result, Skipped, output_dir
+    from tf_lrp.cli.shards import ShardSink
+
+    init()
+    out = output_dir(str(out))
+    sink, seq = None, itertools.count()
+    with _ordered():  # a Dataset keeps the DataContext it was created in
+        dataset, column = _read(model, source, column)
+        dataset = dataset.map_batches(
+            explainer, fn_constructor_kwargs={"model": model, "composite": composite,
+                                              "column": column, "input_range": input_range,
+                                              **explainer_kwargs},
+            batch_size=batch_size, compute=_compute(actors), num_gpus=num_gpus or None,
+            **(ray_remote_args or {}))
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            if sink is None:
+                sink = ShardSink(out, shard_size, batch["relevance"].shape[1:], False, Skipped(out))
+            results = []
+            for i in range(len(batch["relevance"])):
+                label = str(batch["path"][i]) if "path" in batch else f"{column}[{i}]"
+                results.append(Result(Entry(next(seq), label, label), None,
+                                      batch["relevance"][i], int(batch["predicted_class"][i]),
+                                      _explained(batch, i), float(batch["logit"][i])))
+            sink.write(results, (0.0, 255.0))
+    if sink is None:
+        raise ValueError(f"explain_dataset: the source {source!r} holds no rows")
+    sink.close()
+    return out
+
+
+def _read(model, source, column: str | None):
+    if isinstance(source, ray.data.Dataset):
+        return source, column or "image"
+    paths = [str(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
+    if all(p.lower().endswith(".npy") for p in paths):
+        return ray.data.read_numpy(paths, include_paths=True), column or "data"
+    import tf_lrp
+
+    shape = tf_lrp.load_model(model).input_shape[1:] if isinstance(model, (str, Path)) \
+        else model.input_shape[1:]
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(shape[-1]) if len(shape) == 3 else "L"
+    size = tuple(shape[:2]) if None not in shape[:2] else None
+    ds = ray.data.read_images(paths, include_paths=True, size=size, mode=mode)
+    if len(shape) == 3 and shape[-1] == 1:
+        ds = ds.map_batches(_add_channel, batch_format="numpy")
+    return ds, column or "image"
+
+
+def _add_channel(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    image = batch["image"]
+    if image.ndim == 3:
+        batch["image"] = image[..., None]
+    return batch
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def _decode(batch: dict[str, np.ndarray], shape: Sequence[int],
+            scale: tuple[float, float]) -> dict[str, np.ndarray]:
+    """A Ray task: decode a batch of entries exactly as a local run does."""
+    from tf_lrp.cli.common import InputProblem
+    from tf_lrp.cli.inputs import Decoder, InputSpec
+
+    decoder = Decoder(InputSpec(tuple(shape)), scale)
+    n = len(batch["seq"])
+    x = np.zeros((n, *shape), np.float32)
+    problems = [str(p) for p in batch["problem"]]
+    for i in range(n):
+        if problems[i]:
+            continue
+        try:
+            x[i] = decoder(str(batch["path"][i]), int(batch["index"][i]))
+        except InputProblem as err:
+            problems[i] = str(err)
+    return {"seq": batch["seq"], "x": x, "problem": np.array(problems, dtype=object),
+            "ok": np.array([not p for p in problems])}
+
+
+class EntryEngine:
+    """``tf-lrp explain --ray``: entries decoded in Ray tasks and explained by an actor pool;
+    results come back in input order to the driver, which writes them like a local run.
+
+    The entries are submitted in jobs of :data:`CLI_CHUNK` (the driver holds one job's list);
+    each job starts its actor pool once.
+    """
+
+    def __init__(self, args, setup, spec):
+        if not spec.fixed:
+            raise ValueError("--ray needs a model with a fixed input shape")
+        self.args, self.setup, self.spec = args, setup, spec
+        self.address = args.ray
+
+    def results(self, entries: Iterable) -> Iterator[list]:
+        from tf_lrp.cli.common import SCALES
+        from tf_lrp.cli.inputs import Entry
+
+        init(self.address)
+        scale = SCALES[self.args.scale]
+        it = iter(entries)
+        while True:
+            chunk: list[Entry] = list(itertools.islice(it, CLI_CHUNK))
+            if not chunk:
+                return
+            yield from self._job(chunk, scale)
+
+    def _job(self, chunk, scale) -> Iterator[list]:
+        from tf_lrp.cli.modelsetup import model_output
+
+        items = [{"seq": e.seq, "path": e.path, "index": e.index, "problem": e.problem or ""}
+                 for e in chunk]
+        args = self.args
+        keep = args.format != "shards"  # per-sample PNGs overlay the input
+        with _ordered():  # a Dataset keeps the DataContext it was created in
+            ds = ray.data.from_items(items).map_batches(
+                _decode, fn_kwargs={"shape": list(self.spec.shape), "scale": scale},
+                batch_size=args.batch_size, batch_format="numpy")
+            ds = ds.map_batches(
+                Explainer,
+                fn_constructor_kwargs={
+                    "model": str(args.model), "composite": self.setup.composite,
+                    "column": "x", "target": args.target, "start": args.start,
+                    "output": model_output(args.model_output), "valid_column": "ok",
+                    "keep_input": keep, "safe_mode": not args.allow_lambda},
+                batch_size=args.batch_size, batch_format="numpy",
+                compute=_compute(args.ray_actors), num_gpus=args.ray_gpus or None)
+            yield from _in_order(chunk, (self._results(batch, keep) for batch in
+                                         ds.iter_batches(batch_size=None, batch_format="numpy")))
+
+    @staticmethod
+    def _results(batch: dict[str, np.ndarray], keep: bool) -> list[tuple[int, dict]]:
+        rows = []
+        for i, seq in enumerate(batch["seq"].tolist()):
+            problem = str(batch["problem"][i]) or None
+            rows.append((seq, {"problem": problem} if problem else {
+                "x": batch["x"][i] if keep else None, "relevance": batch["relevance"][i],
+                "predicted": int(batch["predicted_class"][i]),
+                "explained": _explained(batch, i), "logit": float(batch["logit"][i])}))
+        return rows
+
+
+def _in_order(chunk: list, batches: Iterable[list[tuple[int, dict]]]) -> Iterator[list]:
+    """Results in the order of ``chunk``, whatever order Ray returns them in (a retried task
+    may come back late); each row exactly once."""
+    from tf_lrp.cli.outputs import Result
+
+    waiting: dict[int, dict] = {}
+    position = 0
+    for rows in batches:
+        for seq, fields in rows:
+            if seq in waiting:
+                raise RuntimeError(f"Ray returned entry {seq} twice")
+            waiting[seq] = fields
+        ready = []
+        while position < len(chunk) and chunk[position].seq in waiting:
+            entry = chunk[position]
+            fields = waiting.pop(entry.seq)
+            if not entry.explain:
+                fields["relevance"] = None
+            ready.append(Result(entry, **fields))
+            position += 1
+        if ready:
+            yield ready
+    if position < len(chunk) or waiting:  # never silently
+        missing = chunk[position].label if position < len(chunk) else "?"
+        raise RuntimeError(f"Ray returned no result for {len(chunk) - position} input(s), "
+                           f"e.g. {missing}; run again with --resume")
