@@ -615,3 +615,41 @@ def test_entry_point(tmp_path):
     assert "1 explained" in result.stdout
     assert "note: the model ends in a softmax" in result.stderr
     assert (tmp_path / "out" / f"{PNGS[0].stem}.png").exists()
+
+
+def test_token_model_writes_per_token_tables_pages_and_pictures(tmp_path, capsys):
+    """A token model: integer .npy in, per-sample .npy/.csv/.html/.png out (the default for
+    token models), tokens printed through --vocab, relevance equal to the Python API's."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), dtype="int32")
+    e = keras.layers.Embedding(5, 4, mask_zero=True)(inp)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.LSTM(4)(e)))
+    model_path = tmp_path / "tokens.keras"
+    model.save(model_path)
+    tokens = np.array([[1, 2, 4, 3, 0, 0], [4, 4, 1, 2, 3, 1]], dtype=np.int32)
+    np.save(tmp_path / "seq.npy", tokens)
+    (tmp_path / "vocab.txt").write_text("<pad>\nalpha\nbeta\n<b>gamma</b>\ndelta\n")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "explain", str(model_path), str(tmp_path / "seq.npy"), "--out",
+                       str(out), "--composite", "attn_lrp", "--vocab", str(tmp_path / "vocab.txt"))
+    assert code == 0, err
+    assert "token ids" in err and "input range" not in err
+    want = Analyzer(model, "attn_lrp")(tokens)
+    for i in range(2):
+        got = np.load(out / f"seq_{i}.npy")
+        np.testing.assert_allclose(got, want[i], rtol=1e-5, atol=1e-6 * np.abs(want).max())
+        rows = list(csv.DictReader((out / f"seq_{i}.csv").open()))
+        assert [int(r["token_id"]) for r in rows] == tokens[i].tolist()
+        assert rows[0]["token"] == ["alpha", "delta"][i]
+        np.testing.assert_allclose([float(r["relevance"]) for r in rows], got, rtol=1e-6)
+        html = (out / f"seq_{i}.html").read_text()
+        assert "&lt;b&gt;gamma&lt;/b&gt;" in html and "<b>gamma" not in html
+        assert (out / f"seq_{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_array_equal(np.load(out / "seq_0.npy")[4:], 0.0)  # padding
+
+
+def test_csv_and_html_formats_need_a_token_model(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((28, 28, 1), np.float32))
+    code, _, err = run(capsys, "explain", str(MLP), str(tmp_path / "x.npy"), "--out",
+                       str(tmp_path / "o"), "--format", "npy,csv")
+    assert code == 2 and "token" in err

@@ -8,13 +8,13 @@ the explicit-matrix reference to 1e-5 relative. Batches mix samples with negativ
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import keras
 import numpy as np
 import pytest
 import reference as ref
+from keras_dtype import default_dtype
 
 import tf_lrp
 from tf_lrp import composites, rules
@@ -78,19 +78,6 @@ def make_rule(rule_id: str, in_shape: tuple[int, ...]):
 
 
 # ----------------------------------------------------------------------------- models
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: str):
-    """Build layers in ``dtype``; restores floatx and the global dtype policy afterwards."""
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx(dtype)
-    keras.config.set_dtype_policy(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(floatx)
-        keras.config.set_dtype_policy(policy)
 
 
 def functional(in_shape: tuple[int, ...], make_layers, seed: int = SEED,

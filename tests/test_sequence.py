@@ -25,7 +25,6 @@ relevance is the sum over the embedding axis whatever the rule.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import NamedTuple
 
@@ -34,6 +33,7 @@ import numpy as np
 import pytest
 import reference as ref
 import reference_sequence as rs
+from keras_dtype import default_dtype
 
 import tf_lrp
 from tf_lrp import composites, rules
@@ -50,19 +50,6 @@ VOCAB = 9        # tokens 1..8; 0 is padding for mask_zero
 
 
 # ----------------------------------------------------------------------------- model building
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: str):
-    """Build layers in ``dtype``; restores floatx and the global dtype policy afterwards."""
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx(dtype)
-    keras.config.set_dtype_policy(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(floatx)
-        keras.config.set_dtype_policy(policy)
 
 
 def seeded(build, seed: int, dtype: str = DTYPE) -> keras.Model:

@@ -115,13 +115,17 @@ def _mha_block(t, heads=2, key_dim=4, value_dim=3, bias=False):
     return kl.Dense(3, use_bias=False)(kl.Flatten()(a))
 
 
-def test_multi_head_attention_forward_and_cp_lrp_conserves():
-    model = _model(_mha_block)
-    x = _x()
+def _cp_lrp_matches_keras_and_conserves(model, x):
+    """CP-LRP with epsilon 0 on a bias-free attention model: Keras's output, and sum R = logit."""
     cp = tf_lrp.Analyzer(model, composites.CPLRP(epsilon=0.0))
     np.testing.assert_allclose(cp.predict(x), model(x).numpy(), rtol=1e-5, atol=1e-6)
     r, y = _sums(cp, x)
     np.testing.assert_allclose(r, y, rtol=1e-4, atol=1e-6)
+    return cp
+
+
+def test_multi_head_attention_forward_and_cp_lrp_conserves():
+    cp = _cp_lrp_matches_keras_and_conserves(_model(_mha_block), _x())
     names = [n for n, _, _ in cp.rule_table()]
     assert [n.split("/")[-1] for n in names if "/" in n] == [
         "query", "key", "value", "scores", "softmax", "context", "output"]
@@ -166,12 +170,7 @@ def test_dot_attention_with_causal_mask_matches_keras():
         a = kl.Attention(use_scale=True)([t, t], use_causal_mask=True)
         return kl.Dense(2, use_bias=False)(kl.Flatten()(a))
 
-    model = _model(build)
-    x = _x()
-    cp = tf_lrp.Analyzer(model, composites.CPLRP(epsilon=0.0))
-    np.testing.assert_allclose(cp.predict(x), model(x).numpy(), rtol=1e-5, atol=1e-6)
-    r, y = _sums(cp, x)
-    np.testing.assert_allclose(r, y, rtol=1e-4, atol=1e-6)
+    _cp_lrp_matches_keras_and_conserves(_model(build), _x())
 
 
 def test_einsum_dense_takes_any_rule_like_its_dense_equivalent():

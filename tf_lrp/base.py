@@ -82,6 +82,11 @@ class BaseAnalyzer:
                                    jit_compile)
         self._predict_fn = _traced(self._predict, [specs])
 
+    @property
+    def token_inputs(self) -> tuple[int, ...]:
+        """Positions of the model inputs that are token ids (read by an ``Embedding``)."""
+        return tuple(sorted(self._tokens))
+
     # ---------------------------------------------------------------- setup
     def _select_output(self, output) -> int:
         outs, names = self.graph.outputs, self.graph.output_names

@@ -45,15 +45,35 @@ def check_target(analyzer, target: int | None) -> None:
                          f"(classes 0..{n - 1})")
 
 
-def parse_formats(text: str) -> tuple[str, ...]:
-    """``--format``: ``shards``, or a comma list of ``png`` and ``npy``."""
+#: Per-sample file formats: pictures, raw relevance, and for token models a table and a page.
+FILE_FORMATS = ("png", "npy", "csv", "html")
+#: The default for models whose input is token ids.
+TOKEN_FORMATS = "png,npy,csv,html"
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """``--format``: ``shards``, or a comma list of ``png``, ``npy`` (and for token models
+    ``csv``, ``html``)."""
+    text = "png,npy" if text is None else text
     parts = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
     if parts == ("shards",):
         return parts
-    if not parts or any(p not in ("png", "npy") for p in parts):
+    if not parts or any(p not in FILE_FORMATS for p in parts):
         raise UsageError(f"--format {text!r}: expected png,npy (per-sample files, the default), "
-                         "png, npy, or shards")
-    return tuple(p for p in ("png", "npy") if p in parts)
+                         "png, npy, csv, html (token models: per-token tables and coloured "
+                         "tokens), or shards")
+    return tuple(p for p in FILE_FORMATS if p in parts)
+
+
+def read_vocab(path: str | None) -> list[str] | None:
+    """``--vocab``: one token string per line, line ``i`` naming token id ``i``."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n").rstrip("\r") for line in f]
+    except OSError as err:
+        raise UsageError(f"--vocab {path}: cannot be read ({err.strerror or err})") from None
 
 
 class LocalEngine:
@@ -140,8 +160,12 @@ def _ray_engine(args, setup, spec):
     return lrp_ray.EntryEngine(args, setup, spec)
 
 
-def _sink(args, out, spec, skip):
-    formats = parse_formats(args.format)
+def _sink(args, out, spec, skip, tokens: bool = False):
+    formats = parse_formats(args.format if args.format is not None or not tokens
+                            else TOKEN_FORMATS)
+    if not tokens and any(f in formats for f in ("csv", "html")):
+        raise UsageError("--format csv and html are per-token outputs, for models whose input "
+                         "is token ids (an Embedding reading the model input)")
     if formats == ("shards",):
         from tf_lrp.cli.shards import ShardSink
 
@@ -152,7 +176,9 @@ def _sink(args, out, spec, skip):
         return ShardSink(out, args.shard_size, tuple(spec.shape), args.resume, skip)
     from tf_lrp.cli.files import FileSink
 
-    return FileSink(out, formats, args.resume, skip, args.zoom, args.quiet)
+    vocab = read_vocab(getattr(args, "vocab", None)) if tokens else None
+    return FileSink(out, formats, args.resume, skip, args.zoom, args.quiet, tokens=tokens,
+                    vocab=vocab)
 
 
 def cmd_explain(args) -> int:
@@ -165,7 +191,10 @@ def cmd_explain(args) -> int:
     with distribute.scope(strategy):
         analyzer, _, setup = build_analyzer(tf_lrp, args, start=args.start,
                                             setup=setup_model(tf_lrp, args))
-    setup.report_range(args.quiet)
+    if analyzer.token_inputs:
+        note("input: token ids (.npy arrays of integers; no pixel range)", args.quiet)
+    else:
+        setup.report_range(args.quiet)
     spec = input_spec(analyzer)
     check_target(analyzer, args.target)
     if strategy is not None:
@@ -175,7 +204,11 @@ def cmd_explain(args) -> int:
     with locked(out):
         remove_temporaries(out)
         skip = Skipped(out)
-        sink = _sink(args, out, spec, skip)
+        tokens = bool(analyzer.token_inputs)
+        if getattr(args, "vocab", None) and not tokens:
+            raise UsageError("--vocab names the tokens of a model whose input is token ids; "
+                             "this model's input is not")
+        sink = _sink(args, out, spec, skip, tokens)
         if args.ray is not None:
             runner = _ray_engine(args, setup, spec)
         else:

@@ -1,5 +1,6 @@
 """``--format png,npy`` (the default): one ``<name>.png`` and one ``<name>.npy`` per sample and
-``summary.csv``.
+``summary.csv``. For token models also ``<name>.csv`` (position, token id, token, relevance)
+and ``<name>.html`` (the tokens coloured by relevance), and the PNG shows the coloured tokens.
 
 The files are the record of what is done: a sample whose requested files all exist is done for
 ``--resume``. Each batch's files are made durable together (:class:`~tf_lrp.cli.outputs.DurableBatch`)
@@ -134,8 +135,10 @@ class FileSink:
     """Writes per-sample files and keeps ``summary.csv`` and ``skipped.csv``."""
 
     def __init__(self, out: Path, formats: tuple[str, ...], resume: bool, skip: Skipped,
-                 zoom: int | None, quiet: bool):
+                 zoom: int | None, quiet: bool, tokens: bool = False,
+                 vocab: list[str] | None = None):
         self.out, self.formats, self.resume, self.skip, self.zoom = out, formats, resume, skip, zoom
+        self.tokens, self.vocab = tokens, vocab
         self.summary = Summary(out / SUMMARY_NAME, Summary.read(out / SUMMARY_NAME, quiet)
                                if resume else {})
         self.explained = self.done = 0
@@ -181,6 +184,10 @@ class FileSink:
                 self._mkdir(entry.name)
                 if "npy" in self.formats:
                     batch.add(self._path(entry.name, "npy"), npy_bytes(relevance))
+                if "csv" in self.formats:
+                    batch.add(self._path(entry.name, "csv"), self._token_csv(result, relevance))
+                if "html" in self.formats:
+                    batch.add(self._path(entry.name, "html"), self._token_html(result, relevance))
                 total = float(np.sum(relevance, dtype=np.float64))
                 rows.append((entry.seq, summary_row(entry.name, result, total)))
             if "png" in self.formats:
@@ -195,9 +202,41 @@ class FileSink:
         self.explained += sum(1 for r in results if r.problem is None and r.entry.explain)
         self.summary.checkpoint()
 
+    def _word(self, token: int) -> str:
+        if self.vocab is not None and 0 <= token < len(self.vocab):
+            return self.vocab[token]
+        return str(token)
+
+    def _token_csv(self, result: Result, relevance: np.ndarray) -> bytes:
+        tokens = np.asarray(result.x).astype(np.int64).ravel()
+        rows = [(i, t, self._word(int(t)), f"{float(r):.8g}")
+                for i, (t, r) in enumerate(zip(tokens, relevance.ravel()))]
+        return csv_text(("position", "token_id", "token", "relevance"), rows).encode("utf-8")
+
+    def _caption(self, result: Result) -> str:
+        return f"{result.entry.name}: class {result.explained}, logit {result.logit:.4g}"
+
+    def _token_html(self, result: Result, relevance: np.ndarray) -> bytes:
+        from tf_lrp import visualize
+
+        tokens = np.asarray(result.x).astype(np.int64)
+        return visualize.tokens_html(tokens[None], relevance[None], self.vocab,
+                                     labels=[self._caption(result)],
+                                     title=f"Token relevance: {result.entry.name}"
+                                     ).encode("utf-8")
+
     def _pngs(self, batch: DurableBatch, results: list[Result], input_range) -> None:
         """Draw the heatmaps of samples of one shape together; encode the PNGs in threads
         (zlib releases the GIL)."""
+        if self.tokens:
+            from tf_lrp import visualize
+
+            for r in results:
+                image = visualize.tokens_png(np.asarray(r.x).astype(np.int64)[None],
+                                             r.relevance[None], self.vocab,
+                                             labels=[self._caption(r)])
+                batch.add(self._path(r.entry.name, "png"), encode_png(image))
+            return
         groups: dict[tuple, list[Result]] = {}
         for r in results:
             groups.setdefault((r.relevance.shape, r.x.shape, r.entry.is_image), []).append(r)

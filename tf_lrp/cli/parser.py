@@ -268,9 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--resume", action="store_true",
                          help="continue a run in DIR: skip samples whose files exist (shards: "
                               "shards that are complete)")
-    explain.add_argument("--format", default="png,npy", metavar="png,npy|shards",
-                         help="per-sample files (png,npy, the default; or only png or npy), "
-                              "or shards: relevance in .npy shards plus index.csv")
+    explain.add_argument("--format", default=None, metavar="png,npy|shards",
+                         help="per-sample files (png,npy, the default; or only png or npy; "
+                              "token models: png,npy,csv,html by default), or shards: "
+                              "relevance in .npy shards plus index.csv")
+    explain.add_argument("--vocab", metavar="FILE", default=None,
+                         help="token models: a vocabulary file, line i = token id i, to print "
+                              "tokens in the .csv, .html and .png outputs")
     explain.add_argument("--shard-size", type=_positive_int, default=DEFAULT_SHARD_SIZE,
                          metavar="N", help=f"samples per shard (default {DEFAULT_SHARD_SIZE})")
     explain.add_argument("--devices", metavar="all|N", type=_devices,
