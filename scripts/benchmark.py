@@ -28,6 +28,12 @@ raw gradient row: a token id has none); ``EpsilonGammaBox`` uses the bounds ``lo
 For sequence models pass ``--composites attn_lrp,cp_lrp,epsilon``. The same script runs on a GPU unchanged when one is visible.
 
 Progress goes to stderr, the markdown table to stdout (and is appended to ``--out``).
+
+``--crp`` runs only the Concept Relevance Propagation benchmark instead (:func:`crp_benchmark`):
+``k`` conditional heatmaps of one layer in one batched call against ``k`` separate
+explanations, on VGG-16 (random weights) by default::
+
+    python scripts/benchmark.py --crp --crp-layer block5_conv3 --crp-batch 4 --repeats 5
 """
 
 from __future__ import annotations
@@ -257,6 +263,138 @@ def benchmark(model, x: np.ndarray, composites: Sequence[str] = COMPOSITES, repe
     return rows
 
 
+# ------------------------------------------------------------------------------- CRP
+CRP_BATCHED, CRP_PLAIN, CRP_SINGLE = "1 call, k conditions", "k explanations", \
+    "k calls, 1 condition each"
+CRP_FORWARD = "forward pass (once)"
+
+
+def crp_model(size: int = 224):
+    """VGG-16 with random weights at ``size`` x ``size`` (below 224 without the flattening
+    top: global average pooling, then Dense(1000))."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    if size == 224:
+        return keras.applications.VGG16(weights=None)
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(size, size, 3),
+                                    pooling="avg")
+    return keras.Model(base.input, keras.layers.Dense(1000)(base.output), name="vgg16")
+
+
+def crp_benchmark(model, x: np.ndarray, layer: str, k: int = 8, composite: str = "EpsilonPlus",
+                  repeats: int = 5, warmup: int = 1) -> dict:
+    """Time ``k`` conditional heatmaps of ``layer`` (channels ``0..k-1``) in one call of
+    :meth:`tf_lrp.Analyzer.conditional` against ``k`` separate explanations of ``x``
+    (``analyzer(x)``) and against ``k`` calls with one condition each, in interleaved rounds
+    (rotated order) on one analyzer; the forward pass alone (``analyzer.predict``) is timed in
+    the same rounds, for the ratio that sharing only the forward pass would give.
+
+    Returns
+    -------
+    dict
+        ``median_s`` and ``q1_s``/``q3_s`` per method (one batched call; all ``k`` separate
+        calls together), ``ratio`` and ``ratio_single`` (median over rounds of the batched
+        time over the ``k`` separate explanations' / single-condition calls' time of the same
+        round), ``ratio_forward_shared`` (that ratio, median over rounds),
+        ``first_call_s`` per method, ``max_abs_diff`` (batched heatmaps against the
+        single-condition ones, relative to their largest ``|R|``), ``times_s`` (every round).
+    """
+    import tf_lrp
+
+    analyzer = tf_lrp.Analyzer(model, make_composite(composite))
+    conditions = [{layer: [c]} for c in range(k)]
+    methods = {
+        CRP_BATCHED: lambda: analyzer.conditional(x, None, conditions),
+        CRP_PLAIN: lambda: [analyzer(x) for _ in range(k)],
+        CRP_SINGLE: lambda: [analyzer(x, conditions=c) for c in conditions],
+        CRP_FORWARD: lambda: analyzer.predict(x),
+    }
+    first, outputs = {}, {}
+    for name, fn in methods.items():
+        t0 = time.perf_counter()
+        outputs[name] = fn()
+        first[name] = time.perf_counter() - t0
+        log(f"    {name}: first call {first[name]:.2f} s")
+    batched, single = outputs[CRP_BATCHED], np.stack(outputs[CRP_SINGLE], axis=1)
+    diff = float(np.abs(batched - single).max() / max(np.abs(single).max(), 1e-30))
+    for fn in methods.values():
+        for _ in range(warmup):
+            fn()
+    names = list(methods)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - t0)
+        log(f"    round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+    t = {n: np.asarray(v) for n, v in times.items()}
+    return {
+        "median_s": {n: float(np.median(v)) for n, v in t.items()},
+        "q1_s": {n: float(np.percentile(v, 25)) for n, v in t.items()},
+        "q3_s": {n: float(np.percentile(v, 75)) for n, v in t.items()},
+        "ratio": float(np.median(t[CRP_BATCHED] / t[CRP_PLAIN])),
+        "ratio_single": float(np.median(t[CRP_BATCHED] / t[CRP_SINGLE])),
+        # expected from sharing the forward pass alone: (F + k (E - F)) / (k E), E = one
+        # explanation, F = the forward pass, per round
+        "ratio_forward_shared": float(np.median(
+            (t[CRP_FORWARD] + t[CRP_PLAIN] - t[CRP_FORWARD] * k) / t[CRP_PLAIN])),
+        "first_call_s": first, "max_abs_diff": diff, "rounds": repeats,
+        "times_s": {n: [float(v) for v in vs] for n, vs in times.items()},
+    }
+
+
+def crp_table(result: dict, k: int) -> str:
+    """The CRP benchmark as a markdown table."""
+    lines = ["| method | median s | IQR s | first call s |", "|---|---|---|---|"]
+    for name in (CRP_BATCHED, CRP_PLAIN, CRP_SINGLE, CRP_FORWARD):
+        if name not in result["median_s"]:
+            continue
+        label = name.replace("k ", f"{k} ")
+        lines.append(f"| {label} | {_fmt(result['median_s'][name], 2)} | "
+                     f"{_fmt(result['q1_s'][name], 2)}-{_fmt(result['q3_s'][name], 2)} | "
+                     f"{_fmt(result['first_call_s'][name], 2)} |")
+    lines.append("")
+    lines.append(f"ratio (batched / {k} explanations, median over rounds): "
+                 f"**{result['ratio']:.2f}**; batched / {k} single-condition calls: "
+                 f"{result['ratio_single']:.2f}; batched heatmaps vs single-condition ones: "
+                 f"max |diff| / max |R| = {result['max_abs_diff']:.1e}")
+    if "ratio_forward_shared" in result:
+        lines.append("")
+        lines.append(f"expected from sharing the forward pass alone, if the backward pass of "
+                     f"{k} conditions cost {k} backward passes: (F + {k} (E - F)) / ({k} E) = "
+                     f"{result['ratio_forward_shared']:.2f} (E: one explanation, F: the forward "
+                     "pass; per round, median). Lower: the larger batch ran more efficiently; "
+                     "higher: it ran less efficiently")
+    times = {n: np.asarray(v) for n, v in result.get("times_s", {}).items()}
+    if times:
+        per_round = times[CRP_BATCHED] / times[CRP_PLAIN]
+        lines.append("")
+        lines.append(f"per-round ratios (batched / {k} explanations): "
+                     + ", ".join(f"{r:.2f}" for r in per_round)
+                     + f"; rounds at or under 0.60: {int(np.sum(per_round <= 0.6))} of "
+                       f"{len(per_round)}")
+    return "\n".join(lines)
+
+
+def run_crp(args: argparse.Namespace) -> str:
+    """``--crp``: the CRP benchmark as a markdown section."""
+    model = crp_model(args.crp_size)
+    x = make_input(model, args.crp_batch)
+    log(f"CRP: vgg16 {args.crp_size}x{args.crp_size}, batch {args.crp_batch}, "
+        f"{args.crp_conditions} conditions on {args.crp_layer}")
+    result = crp_benchmark(model, x, args.crp_layer, args.crp_conditions, args.crp_composite,
+                           args.repeats, args.warmup)
+    return (f"## CRP: {args.crp_conditions} conditional heatmaps in one call, {machine()}\n\n"
+            f"`python scripts/benchmark.py {' '.join(args.argv)}`: VGG-16 (random weights) "
+            f"{args.crp_size}x{args.crp_size}, batch {args.crp_batch}, {args.crp_composite}, "
+            f"conditions on channels 0..{args.crp_conditions - 1} of {args.crp_layer}; "
+            f"{args.repeats} interleaved rounds after {args.warmup} warm-up call(s).\n\n"
+            f"{crp_table(result, args.crp_conditions)}\n")
+
+
 # ------------------------------------------------------------------------------- memory
 def _rss_mb() -> tuple[float, float]:
     """(current RSS, peak RSS since the last reset) of this process in MB."""
@@ -407,6 +545,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--out", type=Path, default=None, help="append the table to this markdown file")
     p.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--crp", action="store_true",
+                   help="run only the CRP benchmark: k conditional heatmaps in one call vs k "
+                        "explanations (VGG-16; see --crp-*)")
+    p.add_argument("--crp-layer", default="block5_conv3", help="the conditioned layer")
+    p.add_argument("--crp-conditions", type=int, default=8, help="conditions (k)")
+    p.add_argument("--crp-batch", type=int, default=4, help="batch size")
+    p.add_argument("--crp-size", type=int, default=224, help="input height and width")
+    p.add_argument("--crp-composite", default="EpsilonPlus", help="composite")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
@@ -445,6 +591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.memory_worker:
         out = memory_worker(args.model_list[0], args.batch_list[0], args.composite_list)
         print(json.dumps(out))
+        return 0
+    if args.crp:
+        text = run_crp(args)
+        print(text)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            _append(args.out, text)
         return 0
     rows = run(args)
     text = report(rows, args, memory=not args.no_memory)

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "analyzer", "analyzers", "attention", "base", "baselines", "callbacks", "canonizers", "cli",
-    "composites", "datasets", "distribute", "evaluate", "gradients", "graph", "io",
+    "composites", "concepts", "datasets", "distribute", "evaluate", "gradients", "graph", "io",
     "keras_adapter", "layers", "plan", "ray", "recurrent", "rules", "summary", "visualize",
     "weightless",
 }

@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     composites.set_defaults(handler=_cmd_composites, quiet=False)
 
     from tf_lrp import evaluate as evaluation  # numpy only at import time
+    from tf_lrp.cli import concepts as concepts_command
 
+    concepts_command.add_parser(sub)
     evaluate = sub.add_parser(
         "evaluate", formatter_class=fmt,
         help="score attribution methods: pixel flipping, localisation, sanity check, conservation",

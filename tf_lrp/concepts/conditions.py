@@ -1,14 +1,8 @@
-"""Concept Relevance Propagation (Achtibat et al., Nature Machine Intelligence 2023).
+"""Conditions of Concept Relevance Propagation: the forms a user writes them in, as masks.
 
-A heatmap says *where*; CRP says *what*: the relevance of a layer's channels (concepts) and,
-for each, a **conditional heatmap**: the input relevance of the share of the decision that
-passed through those channels. Conditions mask the relevance at a layer's output to chosen
-channels during the backward pass (:meth:`tf_lrp.Analyzer.conditional`); many conditions per
-sample run in one traced call that shares the forward pass and the backward pass above the
-first conditioned layer.
-
-This module turns the forms a user writes conditions in into masks, and names layers the way
-users know them.
+Conditions mask the relevance at a layer's output to chosen channels during the backward pass
+(:meth:`tf_lrp.Analyzer.conditional`). This module turns the forms a user writes conditions in
+into masks, and names layers the way users know them.
 """
 
 from __future__ import annotations
