@@ -339,3 +339,29 @@ def test_headline_flags_a_lead_within_the_noise():
 
 def test_method_names_match_the_method_table():
     assert tuple(evaluate._method_table()) == evaluate.METHODS
+
+
+def test_token_report_flips_tokens_to_padding_and_scores_the_planted_keywords(tmp_path):
+    """``--data tokens``: the token methods by default, one token per patch, planted-keyword
+    masks from the held-out token data, padding (0) as the removal value."""
+    import keras
+    from keras import layers as kl
+
+    from tf_lrp import datasets, evaluate
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((datasets.TOKENS_LENGTH,), dtype="int32")
+    e = kl.Embedding(len(datasets.TOKENS_VOCAB), 8, mask_zero=True)(inp)
+    model = keras.Model(inp, kl.Dense(len(datasets.TOKENS_CLASSES))(kl.LSTM(8)(e)))
+    markdown, figure = evaluate.run_report(model, "tokens", ["attn_lrp", "gradient_x_input"],
+                                           n=4, out_dir=tmp_path, steps=2, sanity=False,
+                                           progress=False)
+    assert "patch 1" in markdown and "baseline 0.0" in markdown
+    assert "| AttnLRP |" in markdown and "| Gradient×Input |" in markdown
+    summary = json.loads(figure.with_suffix(".json").read_text())
+    assert summary["data"] == "tokens" and summary["n"] == 4
+    mass = summary["methods"]["attn_lrp"]["mass"]
+    x, y, masks = datasets.make_tokens(4, seed=datasets.TOKENS_TEST_SEED)
+    relevance = tf_lrp.Analyzer(model, "attn_lrp")(x, y)
+    want = evaluate.relevance_mass_accuracy(relevance, masks)
+    np.testing.assert_allclose(mass[0], want.mean(), rtol=1e-6)

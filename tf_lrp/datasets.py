@@ -17,6 +17,21 @@ Shapes
     shape. Sample ``i`` depends only on ``(seed, i)``, so a longer data set with the
     same seed starts with the shorter one. :data:`SHAPES_TRAIN_SEED` and
     :data:`SHAPES_TEST_SEED` name the training and held-out data of the shipped model.
+
+Tokens
+    :func:`make_tokens` generates integer token sequences for text classification, with the
+    ground truth of which tokens decide the label. The vocabulary :data:`TOKENS_VOCAB` holds
+    the padding token ``"<pad>"`` (id 0, :data:`TOKENS_PAD`), three keywords per class of
+    :data:`TOKENS_CLASSES` (``"goal"``, ``"match"``, ``"team"`` for sports, ...), two negators
+    (``"not"``, ``"never"``) and 20 filler words (``"the"``, ``"was"``, ...). A sequence of
+    8..``length`` tokens (right-padded with 0 to ``length``) holds 1-2 *live* keywords of its
+    class, 0-2 keywords of other classes each negated by the token right before it
+    (``"not pizza"``), 0-1 negators before a filler word, and filler; the label is the class
+    of the live keywords. A model has to find the live keywords at their random positions
+    and tell them from the negated ones (bag-of-words counts do not decide it). ``masks``
+    marks the live keywords. Sample ``i`` depends only on ``(seed, i)``;
+    :data:`TOKENS_TRAIN_SEED` and :data:`TOKENS_TEST_SEED` name the training and held-out
+    data of the shipped text models.
 """
 
 from __future__ import annotations
@@ -33,9 +48,19 @@ __all__ = [
     "SHAPES_CLASSES",
     "SHAPES_TEST_SEED",
     "SHAPES_TRAIN_SEED",
+    "TOKENS_CLASSES",
+    "TOKENS_FILLER",
+    "TOKENS_KEYWORDS",
+    "TOKENS_LENGTH",
+    "TOKENS_NEGATORS",
+    "TOKENS_PAD",
+    "TOKENS_TEST_SEED",
+    "TOKENS_TRAIN_SEED",
+    "TOKENS_VOCAB",
     "digits_split_indices",
     "load_digits",
     "make_shapes",
+    "make_tokens",
 ]
 
 #: Fraction of the digits held out as the "test" split.
@@ -50,6 +75,36 @@ SHAPES_CLASSES = ("circle", "square", "triangle", "cross")
 SHAPES_TRAIN_SEED = 0
 #: Seed of the held-out shapes its accuracy is reported on.
 SHAPES_TEST_SEED = 1
+
+#: Class names of :func:`make_tokens`; the label is the index into this tuple.
+TOKENS_CLASSES = ("sports", "music", "food", "travel")
+#: The keywords of each class of :data:`TOKENS_CLASSES`, in the same order.
+TOKENS_KEYWORDS = (
+    ("goal", "match", "team"),
+    ("song", "guitar", "melody"),
+    ("pizza", "bread", "soup"),
+    ("train", "flight", "hotel"),
+)
+#: Tokens that negate the keyword right after them.
+TOKENS_NEGATORS = ("not", "never")
+#: Words that never decide the label.
+TOKENS_FILLER = (
+    "the", "a", "and", "of", "it", "was", "is", "very", "today", "we",
+    "they", "some", "really", "then", "with", "about", "this", "that", "again", "quite",
+)
+#: The padding token's id (the ``"<pad>"`` entry of :data:`TOKENS_VOCAB`).
+TOKENS_PAD = 0
+#: Token strings by id: ``"<pad>"``, the keywords class by class, the negators, the filler.
+TOKENS_VOCAB = (
+    ("<pad>",) + tuple(w for words in TOKENS_KEYWORDS for w in words)
+    + TOKENS_NEGATORS + TOKENS_FILLER
+)
+#: Sequence length of :func:`make_tokens` (and of the shipped text models' input).
+TOKENS_LENGTH = 32
+#: Seed of the token sequences the shipped text models were trained on.
+TOKENS_TRAIN_SEED = 0
+#: Seed of the held-out token sequences their accuracy is reported on.
+TOKENS_TEST_SEED = 1
 
 _SPLITS = ("train", "test", "all")
 _N_DIGITS = 1797
@@ -335,4 +390,124 @@ def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.n
     masks = np.empty((n, size, size), dtype=bool)
     for i, label in enumerate(y):
         x[i], masks[i] = _make_shape_image(seed, i, int(label), size)
+    return x, y, masks
+
+
+# --------------------------------------------------------------------------- tokens
+
+# Mixed into every random stream of make_tokens, so its samples are unrelated to the shapes'.
+_TOKENS_STREAM = 0x746F6B
+_TOKENS_MIN_LENGTH = 8
+_KEYWORD_IDS = tuple(
+    tuple(TOKENS_VOCAB.index(w) for w in words) for words in TOKENS_KEYWORDS
+)
+_NEGATOR_IDS = tuple(TOKENS_VOCAB.index(w) for w in TOKENS_NEGATORS)
+_FILLER_IDS = tuple(TOKENS_VOCAB.index(w) for w in TOKENS_FILLER)
+
+
+def _token_labels(n: int, seed: int) -> np.ndarray:
+    """Labels in shuffled blocks of one sample per class: every prefix is balanced."""
+    k = len(TOKENS_CLASSES)
+    blocks = [
+        np.random.default_rng([seed, b, k, _TOKENS_STREAM]).permutation(k)
+        for b in range(-(-n // k))
+    ]
+    return np.concatenate(blocks)[:n].astype(np.int64) if blocks else np.zeros(0, np.int64)
+
+
+def _make_token_sequence(
+    seed: int, index: int, label: int, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence (int32, ``length``) and its mask of live keywords."""
+    rng = np.random.default_rng([seed, index, _TOKENS_STREAM])
+    n_tokens = int(rng.integers(max(_TOKENS_MIN_LENGTH, length // 4), length + 1))
+    # Units are kept whole when shuffled: (tokens, is-live-keyword flags).
+    units: list[tuple[list[int], list[bool]]] = []
+    for _ in range(rng.integers(1, 3)):  # live keywords of the label's class
+        units.append(([int(rng.choice(_KEYWORD_IDS[label]))], [True]))
+    others = [c for c in range(len(TOKENS_CLASSES)) if c != label]
+    for _ in range(rng.integers(0, 3)):  # negated keywords of other classes
+        word = rng.choice(_KEYWORD_IDS[int(rng.choice(others))])
+        units.append(([int(rng.choice(_NEGATOR_IDS)), int(word)], [False, False]))
+    for _ in range(rng.integers(0, 2)):  # a negator before a filler word
+        units.append(([int(rng.choice(_NEGATOR_IDS)), int(rng.choice(_FILLER_IDS))],
+                      [False, False]))
+    used = sum(len(tokens) for tokens, _ in units)
+    units += [([int(w)], [False]) for w in rng.choice(_FILLER_IDS, n_tokens - used)]
+    tokens = np.zeros(length, dtype=np.int32)
+    mask = np.zeros(length, dtype=bool)
+    position = 0
+    for unit in rng.permutation(len(units)):
+        ids, live = units[unit]
+        tokens[position:position + len(ids)] = ids
+        mask[position:position + len(ids)] = live
+        position += len(ids)
+    return tokens, mask
+
+
+def make_tokens(
+    n: int, length: int = TOKENS_LENGTH, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic token sequences whose label is decided by planted keywords, with masks.
+
+    Every sequence holds, at random positions and in random order:
+
+    - 1 or 2 *live* keywords of its class (:data:`TOKENS_KEYWORDS`, e.g. ``"pizza"`` for
+      food): they decide the label;
+    - 0, 1 or 2 *negated* keywords of other classes, each right after a negator
+      (``"not pizza"``, ``"never hotel"``): distractors that do not count;
+    - 0 or 1 negator before a filler word (``"not the"``), so a negator alone says nothing;
+    - filler words (:data:`TOKENS_FILLER`) up to its length, uniform in
+      ``[max(8, length // 4), length]``;
+
+    followed by padding (:data:`TOKENS_PAD`, 0) up to ``length``. A keyword is negated
+    exactly when the token right before it is a negator; the label is the class of the
+    keywords that are not. Counting keywords per class without their order is not enough
+    (two negated "soup" outnumber one live "goal"), so a model has to find the live
+    keywords and the negators in front of the others.
+
+    Parameters
+    ----------
+    n : int
+        Number of sequences, >= 0.
+    length : int, default :data:`TOKENS_LENGTH` (32)
+        Padded sequence length, >= 8.
+    seed : int, default 0
+        Sample ``i`` depends only on ``(seed, i)``: the same seed gives identical arrays,
+        and ``make_tokens(m, seed=s)`` is a prefix of ``make_tokens(n, seed=s)`` for
+        ``m <= n``. Use :data:`TOKENS_TRAIN_SEED` / :data:`TOKENS_TEST_SEED` for the shipped
+        text models' training / held-out data.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        int32 token ids (indices into :data:`TOKENS_VOCAB`), shape ``(n, length)``;
+        non-zero tokens first, then zeros.
+    y : numpy.ndarray
+        int64 labels, index into :data:`TOKENS_CLASSES`, shape ``(n,)``. Labels come in
+        shuffled blocks of one sample per class, so class counts differ by at most 1.
+    masks : numpy.ndarray
+        bool, shape ``(n, length)``: the live keywords (1 or 2 per sequence), the tokens
+        that decide the label. Negated keywords are ``np.isin(x, keyword ids) & ~masks``.
+
+    Raises
+    ------
+    InputError
+        If ``n``, ``length`` or ``seed`` is out of range.
+
+    Examples
+    --------
+    >>> x, y, masks = make_tokens(2, seed=TOKENS_TEST_SEED)
+    >>> x.shape, x.dtype, masks.sum(axis=1) >= 1
+    ((2, 32), dtype('int32'), array([ True,  True]))
+    >>> " ".join(TOKENS_VOCAB[t] for t in x[0] if t)  # doctest: +SKIP
+    """
+    n = _check_int("n", n, 0)
+    length = _check_int("length", length, _TOKENS_MIN_LENGTH)
+    seed = _check_int("seed", seed, 0)
+    y = _token_labels(n, seed)
+    x = np.zeros((n, length), dtype=np.int32)
+    masks = np.zeros((n, length), dtype=bool)
+    for i, label in enumerate(y):
+        x[i], masks[i] = _make_token_sequence(seed, i, int(label), length)
     return x, y, masks

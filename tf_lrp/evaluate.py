@@ -54,6 +54,7 @@ from tf_lrp.errors import InputError, LRPError
 __all__ = [
     "DATASETS",
     "METHODS",
+    "TOKEN_METHODS",
     "Conservation",
     "FlipCurves",
     "Randomisation",
@@ -512,13 +513,17 @@ class Setting:
     high: float
     baseline: float | str
     has_masks: bool
+    patch_size: int = 2
 
 
 #: Data sets of the report. Digits: background -1 is "no ink"; shapes: the image's mean colour
 #: is (nearly) its background colour, so replacing a patch by it erases what was there.
+#: Tokens: token flipping replaces a token by the padding token 0 (masked out by the shipped
+#: text models), one token at a time; the masks are the planted keywords.
 DATASETS = {
     "digits": Setting(low=-1.0, high=1.0, baseline=-1.0, has_masks=False),
     "shapes": Setting(low=0.0, high=1.0, baseline="mean", has_masks=True),
+    "tokens": Setting(low=0.0, high=0.0, baseline=0.0, has_masks=True, patch_size=1),
 }
 
 
@@ -558,6 +563,8 @@ def _method_table() -> dict[str, tuple[str, Callable]]:
         "epsilon_alpha2_beta1": ("EpsilonAlpha2Beta1",
                                  _lrp(lambda s: composites.EpsilonAlpha2Beta1())),
         "deep_taylor": ("DeepTaylor", _lrp(lambda s: composites.DeepTaylor(s.low, s.high))),
+        "attn_lrp": ("AttnLRP", _lrp(lambda s: composites.AttnLRP())),
+        "cp_lrp": ("CP-LRP", _lrp(lambda s: composites.CPLRP())),
         "gradient": ("Gradient", _baseline_method("Gradient")),
         "sensitivity": ("Sensitivity", _baseline_method("Sensitivity")),
         "gradient_x_input": ("Gradient×Input", _baseline_method("GradientXInput")),
@@ -571,14 +578,24 @@ def _method_table() -> dict[str, tuple[str, Callable]]:
 #: Method names of the report, in table order (the keys of ``_method_table()``, spelled out so
 #: that importing this module, e.g. for ``tf-lrp --help``, does not import TensorFlow).
 METHODS = ("lrp0", "epsilon", "epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1",
-           "deep_taylor", "gradient", "sensitivity", "gradient_x_input", "smoothgrad",
-           "integrated_gradients", "random")
+           "deep_taylor", "attn_lrp", "cp_lrp", "gradient", "sensitivity", "gradient_x_input",
+           "smoothgrad", "integrated_gradients", "random")
+#: The methods of the report on token data (the image composites' first-layer rules and
+#: bounds mean nothing for embeddings).
+TOKEN_METHODS = ("attn_lrp", "cp_lrp", "epsilon", "gradient_x_input", "integrated_gradients",
+                 "smoothgrad", "random")
 
 
 def _load_data(data: str, model, n: int):
     from tf_lrp import datasets
 
     shape = tuple(model.inputs[0].shape[1:])
+    if data == "tokens":
+        if len(shape) != 1:
+            raise InputError(f"--data tokens needs a model that takes token sequences (length,); "
+                             f"this model takes {shape}")
+        return datasets.make_tokens(n, length=shape[0] or datasets.TOKENS_LENGTH,
+                                    seed=datasets.TOKENS_TEST_SEED)
     if data == "digits":
         sizes = {(28, 28, 1): 0, (32, 32, 1): datasets.LENET_PAD}
         if shape not in sizes:
@@ -761,7 +778,7 @@ def run_report(
     *,
     steps: int = 25,
     fraction: float = 0.5,
-    patch_size: int = 2,
+    patch_size: int | None = None,
     baseline=None,
     sanity: bool = True,
     seed: int = 0,
@@ -780,17 +797,19 @@ def run_report(
     model_path
         A model file (or a ``keras.Model``).
     data
-        ``"digits"`` (test split; 28x28 or padded 32x32 by the model's input) or ``"shapes"``
-        (held-out seed :data:`tf_lrp.datasets.SHAPES_TEST_SEED`).
+        ``"digits"`` (test split; 28x28 or padded 32x32 by the model's input), ``"shapes"``
+        (held-out seed :data:`tf_lrp.datasets.SHAPES_TEST_SEED`) or ``"tokens"`` (held-out
+        :func:`tf_lrp.datasets.make_tokens`, seed :data:`~tf_lrp.datasets.TOKENS_TEST_SEED`,
+        for models with token-id inputs; masks: the planted keywords).
     methods
-        Names from :data:`METHODS`; default all.
+        Names from :data:`METHODS`; default all (for tokens: :data:`TOKEN_METHODS`).
     n
         Number of samples (at most 450 for digits).
     out_dir
         Where ``quality_<model>_<data>.{png,json,md}`` are written (atomically).
     steps, fraction, patch_size
         Pixel flipping: ``fraction`` of the patches of ``patch_size`` pixels a side are removed in
-        ``steps`` steps.
+        ``steps`` steps (default patch size: 2 pixels; tokens: 1, token flipping).
     baseline
         Removal value (and the IntegratedGradients baseline) in the data set's range; default:
         the data set's (digits: -1, the background; shapes: ``"mean"``, each image's mean
@@ -815,7 +834,7 @@ def run_report(
     if data not in DATASETS:
         raise InputError(f"data must be one of {sorted(DATASETS)}, got {data!r}")
     table = _method_table()
-    methods = list(methods or METHODS)
+    methods = list(methods or (TOKEN_METHODS if data == "tokens" else METHODS))
     unknown = [m for m in methods if m not in table]
     if unknown:
         raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -827,6 +846,7 @@ def run_report(
     setting = DATASETS[data]
     if baseline is not None:
         setting = dataclasses.replace(setting, baseline=baseline)
+    patch_size = setting.patch_size if patch_size is None else patch_size
     x, y, masks = _load_data(data, model, int(n))
     setting, x = _to_model_input(setting, x, model)  # e.g. pixels 0..255 for Rescaling models
     with warnings.catch_warnings():
@@ -924,7 +944,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     """Add the arguments of ``tf-lrp evaluate`` to ``parser``; run them with :func:`run_cli`."""
     parser.add_argument("model", help="model file (.keras or .h5)")
     parser.add_argument("--data", required=True, choices=sorted(DATASETS),
-                        help="evaluation data: digits (test split) or shapes (held-out, masks)")
+                        help="evaluation data: digits (test split), shapes (held-out, masks) or "
+                             "tokens (held-out token sequences, planted keywords as masks)")
     parser.add_argument("--methods", nargs="+", type=_methods_arg, default=None,
                         help=f"methods (space or comma separated; default all): {', '.join(METHODS)}")
     parser.add_argument("-n", "--samples", type=int, default=200, help="number of samples (200)")
@@ -933,7 +954,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--steps", type=int, default=25, help="pixel-flipping steps (25)")
     parser.add_argument("--fraction", type=float, default=0.5,
                         help="fraction of patches removed by the last step (0.5)")
-    parser.add_argument("--patch-size", type=int, default=2, help="patch side in pixels (2)")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="patch side in pixels (2; tokens: 1)")
     parser.add_argument("--baseline", default=None,
                         help="removal value: a number or 'mean' (default: -1 digits, mean shapes)")
     parser.add_argument("--no-sanity", action="store_true",

@@ -1,4 +1,4 @@
-"""Turn relevance maps into images: channel reduction, scaling, colouring, overlays, grids, PNGs.
+"""Relevance maps as images: channel reduction, scaling, colouring, overlays, grids, PNGs.
 
 Everything here is NumPy in, NumPy out; nothing depends on TensorFlow. Conventions:
 
