@@ -60,6 +60,22 @@ def save_model(model, path: Path) -> int:
     return path.stat().st_size
 
 
+def fit_cosine(model, x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float,
+               batch_size: int = 64) -> None:
+    """Adam with cosine learning-rate decay on sparse cross-entropy, shuffled batches."""
+    import keras
+
+    steps = epochs * -(-len(x) // batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    history = model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=2)
+    print(f"  last epoch: loss {history.history['loss'][-1]:.4f}", flush=True)
+
+
 def random_shifts(
     x: np.ndarray, max_shift: int, fill: float, rng: np.random.Generator
 ) -> np.ndarray:

@@ -66,17 +66,7 @@ def build_model(size: int = 32, n_classes: int = 4):
 
 def train(model, x: np.ndarray, y: np.ndarray, epochs: int) -> None:
     """Adam with cosine learning-rate decay on cross-entropy."""
-    import keras
-
-    steps = epochs * -(-len(x) // 64)
-    schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    history = model.fit(x, y, batch_size=64, epochs=epochs, shuffle=True, verbose=2)
-    print(f"  last epoch: loss {history.history['loss'][-1]:.4f}", flush=True)
+    _training.fit_cosine(model, x, y, epochs, 2e-3)
 
 
 def write_examples(

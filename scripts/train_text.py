@@ -123,17 +123,7 @@ def build_transformer(
 
 def train(model, x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float) -> None:
     """Adam with cosine learning-rate decay on cross-entropy, batch 64."""
-    import keras
-
-    steps = epochs * -(-len(x) // 64)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    history = model.fit(x, y, batch_size=64, epochs=epochs, shuffle=True, verbose=2)
-    print(f"  last epoch: loss {history.history['loss'][-1]:.4f}", flush=True)
+    _training.fit_cosine(model, x, y, epochs, learning_rate)
 
 
 def write_examples(models: dict, x: np.ndarray, y: np.ndarray, masks: np.ndarray,
