@@ -44,6 +44,10 @@ Tensor = tf.Tensor
 #: The recurrent layer classes tf_lrp unrolls (Bidirectional wrappers of them too).
 RECURRENT = (kl.SimpleRNN, kl.LSTM, kl.GRU)
 _CELLS = {kl.SimpleRNN: kl.SimpleRNNCell, kl.LSTM: kl.LSTMCell, kl.GRU: kl.GRUCell}
+#: What the forward keeps per step for the backward (each ``(batch, units)``), per cell kind.
+_SAVED = {"lstm": ("h_prev", "c_prev", "i", "f", "g", "zg", "c"),
+          "gru": ("h_prev", "z", "r", "hh", "a", "h"),
+          "simple": ("h_prev", "a")}
 
 
 def _supported_text() -> str:
@@ -183,8 +187,7 @@ class Recurrent:
 
         elems = {"xw": xw, **({"m": ms} if ms is not None else {})}
         init = {"h": states[0], **({"c": states[1]} if kind == "lstm" else {})}
-        first = step(init, {"xw": xw[0], **({"m": ms[0]} if ms is not None else {})})
-        zero_saved = tf.nest.map_structure(tf.zeros_like, first["saved"])
+        zero_saved = {name: tf.zeros((batch, units), x.dtype) for name in _SAVED[kind]}
         scanned = tf.scan(step, elems, initializer={**init, "saved": zero_saved})
         hs = scanned["h"]  # (T, B, U)
         if layer.zero_output_for_mask and ms is not None:
@@ -257,10 +260,7 @@ class Recurrent:
                 r_c_prev = tf.where(keep, r_c_prev, carry["r_c"])
             return {"r_h": r_h_prev, "r_c": r_c_prev, "r_x": r_x}
 
-        names = {"lstm": ("h_prev", "c_prev", "i", "f", "g", "zg", "c"),
-                 "gru": ("h_prev", "z", "r", "hh", "a", "h"),
-                 "simple": ("h_prev", "a")}[kind]
-        elems = {n: saved[n] for n in names}
+        elems = {n: saved[n] for n in _SAVED[kind]}
         elems.update(x=xs, r_out=r_steps)
         if ms is not None:
             elems["m"] = ms
