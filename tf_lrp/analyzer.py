@@ -242,6 +242,7 @@ class Analyzer(BaseAnalyzer):
         relevance = {self._output_key: self._start(values[self._output_key], targets)}
         seen: dict[int, Tensor] = {}
         memo: dict = {}
+        base_memo = memo
         for node in reversed(self.graph.nodes):
             r_out = [relevance.pop(k, None) for k in node.outputs]
             if all(r is None for r in r_out):
@@ -250,6 +251,7 @@ class Analyzer(BaseAnalyzer):
                 if not isinstance(values, _Repeated):  # the first condition: k copies from here
                     k = tf.shape(masks[node.name])[1]
                     values, z0s = _Repeated(values, k), _Repeated(z0s, k)
+                    base_memo = memo
                     memo = {key: v for key, v in memo.items() if isinstance(key, tuple)}
                     relevance = {key: tf.repeat(r, k, axis=0) for key, r in relevance.items()}
                     r_out = [None if r is None else tf.repeat(r, k, axis=0) for r in r_out]
@@ -265,21 +267,29 @@ class Analyzer(BaseAnalyzer):
                 if self.relevance_filter is not None and node.linear is not None:
                     r_out = [self._filter(r) for r in r_out]
                 linear = node.linear
+                # below a condition, a rule with weights runs its modified forwards on the
+                # samples themselves and only its transposed operations on the k copies
+                per_sample = isinstance(values, _Repeated) and linear is not None and \
+                    isinstance(self.rules[node.name], lrp_rules.BasicRule)
+                vals, zs, mem = (values.base, z0s.base, base_memo) if per_sample else \
+                    (values, z0s, memo)
                 ctx = lrp_rules.Context(
-                    node, [self._value(k, values, z0s, memo) for k in node.inputs],
-                    [self._value(k, values, z0s, memo) for k in node.outputs],
+                    node, [self._value(k, vals, zs, mem) for k in node.inputs],
+                    [self._value(k, vals, zs, mem) for k in node.outputs],
                     r_out, [self._nonnegative.get(k, False) for k in node.inputs],
-                    *((linear.kernels(), self._bias(node, memo), z0s[node.name]) if linear
+                    *((linear.kernels(), self._bias(node, memo), zs[node.name]) if linear
                       else (None, None, None)),
                     gates=[weightless.is_gate(self._ranges.get(k, weightless.UNKNOWN))
                            for k in node.inputs],
                     negative_silent=node.name in self._silent,
-                    input_bounds=self._input_bounds(node, values),
+                    input_bounds=self._input_bounds(node, vals),
                     saved=z0s.get(node.name) if node.recurrent is not None else None,
+                    repeat=values.k if per_sample else None,
                 )
                 r_in = self.rules[node.name](ctx)
             for k, r in zip(node.inputs, r_in):
-                if r is None or not values[k].dtype.is_floating and k not in self.graph.inputs:
+                forward = values.base if isinstance(values, _Repeated) else values
+                if r is None or not forward[k].dtype.is_floating and k not in self.graph.inputs:
                     continue  # nothing passes to this input (a mask)
                 relevance[k] = r if k not in relevance else relevance[k] + r
         # float inputs get relevance of their dtype; token (integer) inputs float32

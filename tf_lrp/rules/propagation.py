@@ -69,6 +69,11 @@ class Context:
     saved
         What the node's own forward kept for its rule (the states and gates of a recurrent
         layer), or ``None``.
+    repeat
+        ``k`` when the relevance holds ``k`` copies of every sample (``b * k + j``: conditions
+        of Concept Relevance Propagation) while the forward values above are of the samples
+        themselves: the modified forwards then run once per sample, only the transposed
+        operations on every copy (:meth:`rep`). ``None``: the same batch.
     """
 
     node: object
@@ -83,13 +88,19 @@ class Context:
     negative_silent: bool = False
     input_bounds: Callable | None = None
     saved: object = None
+    repeat: object = None
+
+    def rep(self, t: Tensor) -> Tensor:
+        """``t`` (a forward value) repeated to the relevance's batch (see :attr:`repeat`)."""
+        return t if self.repeat is None else tf.repeat(t, self.repeat, axis=0)
 
     def gradient(self, upstream: Sequence[Tensor]) -> list[Tensor]:
         """Vector-Jacobian product of this node's operation with ``upstream`` (one per output)."""
         linear = self.node.linear
         if linear is not None:
-            return [_linear_vjp(linear.apply, self.kernels, self.inputs[0], upstream[0])]
-        return _vjp(self.node.call, self.inputs, upstream)
+            return [_linear_vjp(linear.apply, self.kernels, self.rep(self.inputs[0]),
+                                upstream[0])]
+        return _vjp(self.node.call, [self.rep(x) for x in self.inputs], upstream)
 
 
 def stabilize(z: Tensor, stabilizer: float) -> Tensor:
@@ -133,9 +144,10 @@ def _same(w: Tensor) -> Tensor:
 Part = tuple[Tensor, Callable[[Tensor], list]]  # (z_t, s -> relevance per input, None if none)
 
 
-def _times_input(us: list, vjp: Callable[[Tensor], list]) -> Callable[[Tensor], list]:
+def _times_input(us: list, vjp: Callable[[Tensor], list],
+                 rep: Callable[[Tensor], Tensor]) -> Callable[[Tensor], list]:
     """Step 4 for one term: ``u * (rho(W)^T s)`` per input (``None`` where the term has no input)."""
-    return lambda s: [None if u is None or not u.dtype.is_floating else u * c
+    return lambda s: [None if u is None or not u.dtype.is_floating else rep(u) * c
                       for u, c in zip(us, vjp(s))]
 
 
@@ -156,11 +168,12 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
                 "weight modifiers (rules.Zero, rules.Epsilon, rules.Pass) to this layer class."
             )
         if plain:
-            return ctx.outputs[0], _times_input(us, lambda s: ctx.gradient([s]))
+            return ctx.outputs[0], _times_input(us, lambda s: ctx.gradient([s]), ctx.rep)
         filled = [tf.zeros_like(x) if u is None else u for u, x in zip(us, ctx.inputs)]
-        return ctx.node.call(filled)[0], _times_input(us, lambda s: _vjp(ctx.node.call, filled, [s]))
+        return ctx.node.call(filled)[0], _times_input(
+            us, lambda s: _vjp(ctx.node.call, [ctx.rep(f) for f in filled], [s]), ctx.rep)
     if plain:
-        return ctx.z0, _times_input(us, lambda s: ctx.gradient([s]))
+        return ctx.z0, _times_input(us, lambda s: ctx.gradient([s]), ctx.rep)
     kernels, apply = linear.modified(ctx.kernels, term.weight)
     u = us[0]
     complement = getattr(term.weight, "complement", None)
@@ -169,7 +182,7 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
     else:
         z = apply(u, kernels)
         cache[(id(u), term.weight)] = z
-    return z, _times_input(us, lambda s: [_linear_vjp(apply, kernels, u, s)])
+    return z, _times_input(us, lambda s: [_linear_vjp(apply, kernels, ctx.rep(u), s)], ctx.rep)
 
 
 def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
@@ -187,8 +200,9 @@ def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
     apply = modified[0][1]
 
     def contribute(s: Tensor) -> list:
-        c = _linear_vjp(apply, [kernel], u, s)
-        return [tf.add_n(tf.split(u * c, len(live), axis=axis))]
+        u_all = ctx.rep(u)
+        c = _linear_vjp(apply, [kernel], u_all, s)
+        return [tf.add_n(tf.split(u_all * c, len(live), axis=axis))]
 
     return apply(u, [kernel]), contribute
 
@@ -222,7 +236,7 @@ def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
             continue  # no relevance arrives where z < 0
         relevance = ctx.relevance[0]
         if group.where is not None and not ctx.negative_silent:
-            z_out = ctx.outputs[0]
+            z_out = ctx.rep(ctx.outputs[0])
             mask = z_out >= 0 if group.where == "positive" else z_out < 0
             relevance = tf.where(mask, relevance, tf.zeros_like(relevance))
         parts = _group_forward(ctx, group, cache)
@@ -234,7 +248,7 @@ def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
             z = tf.add_n([z_t for z_t, _ in parts]) if len(parts) > 1 else parts[0][0]
             if group.bias is not None and ctx.bias is not None:
                 z = ctx.node.linear.add_bias(z, group.bias(ctx.bias))
-        s = tf.math.divide_no_nan(relevance, stabilize(z, group.stabilizer))
+        s = tf.math.divide_no_nan(relevance, stabilize(ctx.rep(z), group.stabilizer))
         staged.append((group.coefficient, parts, s))
     total: list[Tensor | None] = [None] * len(ctx.inputs)
     for coefficient, parts, s in staged:
@@ -247,4 +261,4 @@ def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
                         continue
                     r = r if coefficient == 1.0 else coefficient * r
                     total[i] = r if total[i] is None else total[i] + r
-    return [tf.zeros_like(x) if r is None else r for r, x in zip(total, ctx.inputs)]
+    return [tf.zeros_like(ctx.rep(x)) if r is None else r for r, x in zip(total, ctx.inputs)]
