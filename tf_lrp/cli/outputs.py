@@ -16,19 +16,19 @@ import ctypes
 import io
 import os
 import re
-import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from tf_lrp.cli.common import SKIPPED_COLUMNS, SKIPPED_NAME, UsageError, note
 from tf_lrp.cli.inputs import Entry
+from tf_lrp.storage import atomic_write, temp_path  # noqa: F401 (re-exported)
 
 TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
 
@@ -46,27 +46,6 @@ class Result:
     explained: int | None = None
     logit: float = 0.0
     problem: str | None = None
-
-
-def temp_path(path: Path) -> Path:
-    """A fresh temporary name beside ``path`` (hidden, removed by :func:`remove_temporaries`)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in its directory, ``fsync`` and :func:`os.replace`."""
-    temp = temp_path(path)
-    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
 
 
 def _libc_syncfs() -> Callable[[int], int] | None:

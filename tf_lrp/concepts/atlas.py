@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from tf_lrp.concepts._trace import check_analyzer, layer_nodes, layer_statistics, spatial_shape
 from tf_lrp.errors import InputError
+from tf_lrp.storage import atomic_write
 
 __all__ = ["MODES", "Atlas", "Reference", "build_atlas"]
 
@@ -48,20 +48,9 @@ FORMAT = 1
 
 # ---------------------------------------------------------------------------- files
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary file beside it, ``fsync``, then :func:`os.replace`."""
+    """Write ``path`` (and its directory) atomically (:func:`tf_lrp.storage.atomic_write`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
+    atomic_write(path, lambda stream: stream.write(data))
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
