@@ -15,11 +15,15 @@ import pytest
 
 from tf_lrp.datasets import (
     LENET_PAD,
+    SCENES_CLASSES,
+    SCENES_TEST_SEED,
+    SCENES_TRAIN_SEED,
     SHAPES_CLASSES,
     SHAPES_TEST_SEED,
     SHAPES_TRAIN_SEED,
     digits_split_indices,
     load_digits,
+    make_scenes,
     make_shapes,
 )
 from tf_lrp.errors import InputError
@@ -111,6 +115,67 @@ def test_digits_are_deterministic_and_independent_copies():
 def test_digits_bad_arguments_raise_input_error(kwargs):
     with pytest.raises(InputError, match=next(iter(kwargs))):
         load_digits(**kwargs)
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return make_scenes(60, seed=3)
+
+
+def test_scenes_shape_dtype_range_balance(scenes):
+    x, y, masks = scenes
+    assert x.shape == (60, 64, 64, 3) and x.dtype == np.float32
+    assert y.dtype == np.int64 and masks.shape == (60, 64, 64) and masks.dtype == bool
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    np.testing.assert_array_equal(np.bincount(y), [15, 15, 15, 15])
+    assert SCENES_CLASSES == SHAPES_CLASSES
+
+
+def test_scenes_mask_is_one_uniform_object_on_a_textured_background_with_distractors(scenes):
+    x, _, masks = scenes
+    area = masks.sum(axis=(1, 2))
+    # scale 0.09-0.14 of 64 px: a cross of r = 5.8 px covers ~40 px, a circle of 9 px ~254 px
+    assert area.min() >= 30 and area.max() <= 300
+    assert not masks[:, [0, -1], :].any() and not masks[:, :, [0, -1]].any()
+    for image, mask in zip(x, masks, strict=True):
+        inside = image[mask]
+        assert inside.std(axis=0).max() < 0.06  # one colour + noise (std 0.04)
+        ring = np.zeros_like(mask)  # pixels 1-2 px around the object: never a distractor
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                ring |= np.roll(mask, (dy, dx), axis=(0, 1))
+        ring &= ~mask
+        assert np.linalg.norm(image[ring].mean(axis=0) - inside.mean(axis=0)) > 0.25
+        # Outside the object: texture (not one colour) and other objects (colours far from
+        # the background mean) cover more than the noise alone would.
+        outside = image[~mask]
+        assert outside.std(axis=0).max() > 0.06
+    # Distractors: on average more "object-coloured" pixels outside the mask than inside it.
+    far = [np.linalg.norm(im[~m] - np.median(im[~m], axis=0), axis=1) > 0.45
+           for im, m in zip(x, masks, strict=True)]
+    assert np.mean([f.sum() for f in far]) > np.mean(masks.sum(axis=(1, 2)))
+
+
+def test_scenes_deterministic_prefix_and_seeds(scenes):
+    # exact: sample i is drawn by the same code from the same (seed, i) in every call
+    prefix = make_scenes(7, seed=3)
+    for a, b in zip(scenes, prefix, strict=True):
+        np.testing.assert_array_equal(a[:7], b)
+    assert SCENES_TRAIN_SEED != SCENES_TEST_SEED
+    x_train, _, _ = make_scenes(4, seed=SCENES_TRAIN_SEED)
+    x_test, _, _ = make_scenes(4, seed=SCENES_TEST_SEED)
+    assert not np.any(np.all(x_train[:, None] == x_test[None], axis=(2, 3, 4)))
+    x_shapes, _, _ = make_shapes(4, size=64, seed=3)
+    assert not np.array_equal(x_shapes, scenes[0][:4])
+
+
+@pytest.mark.parametrize("kwargs", [{"n": -1}, {"size": 16}, {"seed": -2}])
+def test_scenes_bad_arguments_raise_input_error(kwargs):
+    with pytest.raises(InputError, match=next(iter(kwargs))):
+        make_scenes(**{"n": 2, **kwargs})
 
 
 # --------------------------------------------------------------------------- shapes

@@ -45,6 +45,10 @@ from tf_lrp.errors import InputError
 __all__ = [
     "DIGITS_TEST_FRACTION",
     "LENET_PAD",
+    "SCENES_CLASSES",
+    "SCENES_DISTRACTORS",
+    "SCENES_TEST_SEED",
+    "SCENES_TRAIN_SEED",
     "SHAPES_CLASSES",
     "SHAPES_TEST_SEED",
     "SHAPES_TRAIN_SEED",
@@ -59,6 +63,7 @@ __all__ = [
     "TOKENS_VOCAB",
     "digits_split_indices",
     "load_digits",
+    "make_scenes",
     "make_shapes",
     "make_tokens",
 ]
@@ -390,6 +395,135 @@ def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.n
     masks = np.empty((n, size, size), dtype=bool)
     for i, label in enumerate(y):
         x[i], masks[i] = _make_shape_image(seed, i, int(label), size)
+    return x, y, masks
+
+
+# --------------------------------------------------------------------------- scenes
+
+#: Classes of :func:`make_scenes`: the one class-defining object of a scene.
+SCENES_CLASSES = SHAPES_CLASSES
+#: Distractor objects of :func:`make_scenes` (never decide the class).
+SCENES_DISTRACTORS = ("ring", "bar", "ellipse", "half-disc")
+#: Seed of the scenes the shipped deep models are trained on.
+SCENES_TRAIN_SEED = 0
+#: Seed of the held-out scenes (reports, figures, tests).
+SCENES_TEST_SEED = 1
+# Mixed into every random stream of make_scenes, so its samples are unrelated to the shapes'.
+_SCENES_STREAM = 0x736365
+_SCENES_OBJECT_SCALE = (0.09, 0.14)  # object scale r relative to the image side
+_SCENES_TEXTURE = 0.14  # amplitude of each background grating, per channel
+
+
+def _distractor_mask(name: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    """Pixels inside distractor ``name`` of scale ``r`` (``u, v``: rotated centred coordinates)."""
+    if name == "ring":
+        d2 = u**2 + v**2
+        return (d2 <= r**2) & (d2 >= (0.6 * r) ** 2)
+    if name == "bar":
+        return (np.abs(u) <= 1.1 * r) & (np.abs(v) <= 0.3 * r)
+    if name == "ellipse":
+        return (u / (1.1 * r)) ** 2 + (v / (0.45 * r)) ** 2 <= 1.0
+    if name == "half-disc":
+        return (u**2 + v**2 <= r**2) & (v >= 0.0)
+    raise AssertionError(name)
+
+
+def _scene_background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """A random base colour with two oriented colour gratings and a linear colour gradient."""
+    size = yy.shape[0]
+    image = np.broadcast_to(rng.uniform(0.25, 0.75, 3), yy.shape + (3,)).copy()
+    for _ in range(2):
+        angle = rng.uniform(0.0, np.pi)
+        period = rng.uniform(3.0, 12.0)
+        phase = rng.uniform(0.0, 2 * np.pi)
+        wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + phase)
+        image += wave[..., None] * rng.uniform(-1.0, 1.0, 3) * _SCENES_TEXTURE
+    angle = rng.uniform(0.0, 2 * np.pi)
+    ramp = ((xx - size / 2) * np.cos(angle) + (yy - size / 2) * np.sin(angle)) / size
+    image += ramp[..., None] * rng.uniform(-0.3, 0.3, 3)
+    return image
+
+
+def _make_scene(seed: int, index: int, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, index, _SCENES_STREAM])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    image = _scene_background(rng, yy, xx)
+    names = [SHAPES_CLASSES[label]] + [
+        SCENES_DISTRACTORS[int(i)] for i in rng.integers(0, len(SCENES_DISTRACTORS),
+                                                         rng.integers(2, 5))
+    ]
+    placed: list[tuple[float, float, float]] = []  # (cy, cx, radius) of the objects drawn
+    mask = np.zeros((size, size), dtype=bool)
+    for k, name in enumerate(names):
+        r = rng.uniform(*_SCENES_OBJECT_SCALE) * size
+        extent = _EXTENT.get(name, 1.1) * r
+        for _ in range(100):  # objects never overlap: rejection sampling of the centre
+            cy, cx = rng.uniform(extent + 1.0, size - extent - 1.0, 2)
+            if all(np.hypot(cy - py, cx - px) > extent + pr + 2.0 for py, px, pr in placed):
+                break
+        else:
+            continue  # no room for this distractor (the class object always comes first)
+        placed.append((cy, cx, extent))
+        theta = rng.uniform(0.0, 2 * np.pi)
+        cos, sin = np.cos(theta), np.sin(theta)
+        u = (xx - cx) * cos + (yy - cy) * sin
+        v = -(xx - cx) * sin + (yy - cy) * cos
+        inside = _shape_mask(name, u, v, r) if k == 0 else _distractor_mask(name, u, v, r)
+        local = image[inside].mean(axis=0)
+        image[inside] = _contrasting_colour(rng, local)
+        if k == 0:
+            mask = inside
+    image += rng.normal(0.0, _NOISE_STD, image.shape)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), mask
+
+
+def make_scenes(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Textured scenes with several objects, one of which decides the class; with its mask.
+
+    The harder image task of the deep shipped models. Each RGB image has a textured
+    background (a random base colour, two oriented colour gratings of period 3-12 pixels and
+    a linear colour gradient) and holds one class-defining object (circle, square,
+    equilateral triangle or plus-shaped cross, as in :func:`make_shapes`) and 2-4 distractor
+    objects (:data:`SCENES_DISTRACTORS`: ring, bar, ellipse, half-disc; never a class shape).
+    Objects have random position, scale 0.09-0.14 ``size``, rotation and colour (at least
+    0.45 in RGB distance from the background under them) and never overlap; Gaussian pixel
+    noise (std 0.04) lies on top. The class is that of the one class-shaped object, so a
+    model has to find it among the distractors and the texture.
+
+    Parameters
+    ----------
+    n : int
+        Number of images, >= 0.
+    size : int, default 64
+        Image side in pixels, >= 32.
+    seed : int, default 0
+        Sample ``i`` depends only on ``(seed, i)`` (prefix property as :func:`make_shapes`).
+        :data:`SCENES_TRAIN_SEED` / :data:`SCENES_TEST_SEED` name the shipped deep models'
+        training / held-out data.
+
+    Returns
+    -------
+    x : numpy.ndarray
+        float32, shape ``(n, size, size, 3)``, values in [0, 1].
+    y : numpy.ndarray
+        int64 labels, index into :data:`SCENES_CLASSES`; classes balanced in blocks.
+    masks : numpy.ndarray
+        bool, shape ``(n, size, size)``: the pixels of the class-defining object (never
+        empty, never touching a distractor).
+
+    Raises
+    ------
+    InputError
+        If ``n``, ``size`` or ``seed`` is out of range.
+    """
+    n = _check_int("n", n, 0)
+    size = _check_int("size", size, 32)
+    seed = _check_int("seed", seed, 0)
+    y = _shape_labels(n, seed + _SCENES_STREAM)
+    x = np.empty((n, size, size, 3), dtype=np.float32)
+    masks = np.empty((n, size, size), dtype=bool)
+    for i, label in enumerate(y):
+        x[i], masks[i] = _make_scene(seed, i, int(label), size)
     return x, y, masks
 
 
