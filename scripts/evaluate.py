@@ -3,9 +3,13 @@
     python scripts/evaluate.py saved_models/shapes_resnet.keras --data shapes --out-dir benchmarks
     python scripts/evaluate.py saved_models/digits_lenet.h5 --data digits --methods lrp0 gradient
 
-Prints a table (method x metric, mean +- standard error over the samples) and writes
-``quality_<model>_<data>.png`` (pixel-flipping and randomisation curves), ``.json`` (all
-numbers) and ``.md`` (the table) to ``--out-dir``. See :mod:`tf_lrp.evaluate` for the metrics.
+    python scripts/evaluate.py MODEL.keras --data scenes --no-road -n 100   # 64x64 scenes
+
+Prints two tables (method x metric, mean +- standard error over the samples, each with the
+cost in milliseconds per explanation and in gradients) and writes ``quality_<model>_<data>.png``
+(pixel-flipping, ROAD and randomisation curves), ``_cost.png`` (each headline metric against the
+cost), ``.json`` (all numbers) and ``.md`` (the tables) to ``--out-dir``. See
+:mod:`tf_lrp.evaluate` for the metrics.
 """
 
 from __future__ import annotations

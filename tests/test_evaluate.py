@@ -26,6 +26,7 @@ from tf_lrp import evaluate, rules
 from tf_lrp.analyzers import Gradient, GradientXInput
 from tf_lrp.baselines import Random
 from tf_lrp.errors import InputError
+from tf_lrp.evaluate import methods, tables
 
 SAVED_MODELS = __import__("pathlib").Path(__file__).resolve().parents[1] / "saved_models"
 
@@ -303,6 +304,13 @@ def test_report_command_on_shipped_mlp(tmp_path, capsys):
     assert results["methods"]["lrp0"]["ratio"][0] == pytest.approx(1.0, abs=0.05)
     table = (tmp_path / "quality_digits_mlp_digits.md").read_text()
     assert "| method |" in table and "- AOPC (higher is better): " in table
+    # the removal metrics, bottom-up randomisation and the cost (new in the package version)
+    assert results["randomised_layers_bottom_up"] == ["dense1", "dense2", "output"]
+    for name in ("lrp0", "random", "gradient"):
+        method = results["methods"][name]
+        assert {"aopc_second", "road_morf", "road_lerf", "irof", "emprt"} <= set(method)
+        assert method["cost"]["ms_per_explanation"] > 0 and method["cost"]["ratio"] > 0
+    assert (tmp_path / "quality_digits_mlp_digits_cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_errors_are_named(tmp_path, capsys):
@@ -322,7 +330,7 @@ def test_headline_names_winner_ties_and_paired_gap():
     results = {"a": {"aopc": np.array([2.0, 3.0, 4.0]), "ratio": ones},
                "b": {"aopc": np.array([1.0, 1.0, 1.0]), "ratio": ones * 0.5},
                "c": {"aopc": np.array([2.0, 3.0, 4.0]), "ratio": ones * 2.0}}
-    lines = evaluate._headline(results, {"a": "A", "b": "B", "c": "C"})
+    lines = tables.headline(results, {"a": "A", "b": "B", "c": "C"})
     assert lines[0] == ("- AOPC (higher is better): **A** = **C** 3.000 ± 0.577, ahead of B "
                         "(1.000 ± 0.000) by 2.000 ± 0.577 (paired per sample)")
     assert lines[1].startswith("- conservation, |ΣR / f(x) − 1| (lower is better): **A** 0.000")
@@ -332,13 +340,13 @@ def test_headline_names_winner_ties_and_paired_gap():
 def test_headline_flags_a_lead_within_the_noise():
     results = {"a": {"aopc": np.array([1.0, 3.0, 2.0]), "ratio": np.ones(3)},
                "b": {"aopc": np.array([2.0, 1.0, 2.5]), "ratio": np.ones(3)}}
-    lines = evaluate._headline(results, {"a": "A", "b": "B"})
+    lines = tables.headline(results, {"a": "A", "b": "B"})
     assert lines[0].endswith("no clear winner")  # 0.167 ± 0.6: noise
     assert "**A** = **B**" in lines[1]  # identical conservation: reported as a tie
 
 
 def test_method_names_match_the_method_table():
-    assert tuple(evaluate._method_table()) == evaluate.METHODS
+    assert tuple(methods._method_table()) == evaluate.METHODS
 
 
 def test_token_report_flips_tokens_to_padding_and_scores_the_planted_keywords(tmp_path):

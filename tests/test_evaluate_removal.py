@@ -1,0 +1,170 @@
+"""ROAD, IROF and the blurred removal value on cases computed by hand.
+
+- Noisy linear imputation: a single removed pixel becomes the weighted mean of its neighbours
+  (direct 1/6, diagonal 1/12; at a corner or edge renormalised over the neighbours inside the
+  image); two adjacent removed pixels solve a 2x2 system; noise touches only imputed pixels.
+- ROAD: a model reading two pixels, whose removal order is fixed by the relevance, gives the
+  MoRF curve from those imputations; LeRF removes pixels the model ignores (flat curve).
+- IROF: a logistic model on a 2x2 grid of superpixels gives the probability curve by hand.
+- "blur": a constant image is its own blur (nothing changes when it is the removal value).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tf_lrp import evaluate
+from tf_lrp.errors import InputError
+
+D, S = 1 / 12, 1 / 6  # diagonal and direct neighbour weights of the paper
+
+
+def _image(h=4, w=4, c=1):
+    # squares: neither constant nor linear, so an imputation is never right by accident
+    return (np.arange(h * w * c, dtype=np.float64) ** 2).reshape(h, w, c)
+
+
+# ------------------------------------------------------------------------------ imputation
+def test_single_removed_pixel_is_the_weighted_mean_of_its_neighbours():
+    img = _image(4, 5, 2)
+    removed = np.zeros((4, 5), bool)
+    removed[1, 2] = True
+    out = evaluate.linear_imputation(img, removed)
+    expected = (D * (img[0, 1] + img[0, 3] + img[2, 1] + img[2, 3])
+                + S * (img[0, 2] + img[2, 2] + img[1, 1] + img[1, 3]))  # weights sum to 1
+    np.testing.assert_allclose(out[1, 2], expected, rtol=1e-12)
+    keep = ~removed
+    np.testing.assert_array_equal(out[keep], img[keep])  # known pixels are fixed
+
+    corner = np.zeros((4, 5), bool)
+    corner[0, 0] = True  # three neighbours inside: (0,1), (1,0) direct and (1,1) diagonal
+    want = (S * img[0, 1] + S * img[1, 0] + D * img[1, 1]) / (S + S + D)
+    np.testing.assert_allclose(evaluate.linear_imputation(img, corner)[0, 0], want, rtol=1e-12)
+
+
+def test_adjacent_removed_pixels_are_solved_together_and_noise_only_touches_them():
+    img = _image()[..., 0]  # (H, W): one channel without an axis
+    removed = np.zeros((4, 4), bool)
+    removed[1, 1] = removed[2, 2] = True  # diagonal neighbours of each other
+    # v11 = s11 + D v22 and v22 = s22 + D v11, s = weighted sum over the known neighbours
+    s11 = D * (img[0, 0] + img[0, 2] + img[2, 0]) + S * (img[0, 1] + img[1, 0] + img[1, 2]
+                                                          + img[2, 1])
+    s22 = D * (img[1, 3] + img[3, 1] + img[3, 3]) + S * (img[1, 2] + img[2, 1] + img[2, 3]
+                                                          + img[3, 2])
+    v11 = (s11 + D * s22) / (1 - D * D)
+    v22 = s22 + D * v11
+    out = evaluate.linear_imputation(img, removed)
+    assert out.shape == img.shape
+    np.testing.assert_allclose([out[1, 1], out[2, 2]], [v11, v22], rtol=1e-12)
+
+    noisy = evaluate.linear_imputation(img, removed, noise_std=0.5, rng=3)
+    np.testing.assert_array_equal(noisy[~removed], img[~removed])
+    noise = np.random.default_rng(3).normal(0.0, 0.5, (2, 1))[:, 0]  # one draw per unknown
+    np.testing.assert_allclose([noisy[1, 1], noisy[2, 2]], [v11, v22] + noise, rtol=1e-12)
+
+
+def test_imputation_needs_a_kept_pixel():
+    with pytest.raises(InputError, match="at least one kept pixel"):
+        evaluate.linear_imputation(np.ones((3, 3, 1)), np.ones((3, 3), bool))
+
+
+# ------------------------------------------------------------------------------ ROAD
+def test_road_curves_by_hand():
+    x = _image()[None].astype(np.float32)  # (1, 4, 4, 1)
+    relevance = np.linspace(0.0, 1.0, 16).reshape(1, 4, 4, 1)  # unique, no ties
+    relevance[0, 1, 1] = 5.0      # most relevant
+    relevance[0, 2, 2] = 4.0      # second
+    relevance[0, 3, 3] = -1.0     # least relevant
+    relevance[0, 0, 0] = -0.5     # second least
+
+    def predict(batch):  # reads only the two most relevant pixels
+        return (batch[:, 1, 1, 0] + batch[:, 2, 2, 0]).astype(np.float64)[:, None]
+
+    img = x[0, ..., 0].astype(np.float64)
+    s11 = D * (img[0, 0] + img[0, 2] + img[2, 0]) + S * (img[0, 1] + img[1, 0] + img[1, 2]
+                                                          + img[2, 1])
+    s22 = D * (img[1, 3] + img[3, 1] + img[3, 3]) + S * (img[1, 2] + img[2, 1] + img[2, 3]
+                                                          + img[3, 2])
+    one = s11 + D * img[2, 2] + img[2, 2]  # only (1, 1) removed: (2, 2) is known
+    v11 = (s11 + D * s22) / (1 - D * D)
+    two = v11 + s22 + D * v11
+    f0 = img[1, 1] + img[2, 2]
+    curves = evaluate.road(predict, x, relevance, 0, fractions=(1 / 16, 2 / 16), noise_std=0.0)
+    np.testing.assert_allclose(curves.fractions, [0, 1 / 16, 2 / 16])
+    np.testing.assert_allclose(curves.outputs[0], [f0, one, two], rtol=1e-5)
+    np.testing.assert_allclose(curves.aopc, [(0 + f0 - one + f0 - two) / 3], rtol=1e-5)
+    lerf = evaluate.road(predict, x, relevance, 0, order="lerf", fractions=(1 / 16, 2 / 16),
+                         noise_std=0.0)
+    np.testing.assert_allclose(lerf.outputs[0], f0)  # (3,3) and (0,0) are not read
+    assert lerf.aopc[0] == 0.0
+    # default noise: 0.01 of the value range; seeded, so reproducible and different
+    a = evaluate.road(predict, x, relevance, 0, fractions=(1 / 16, 2 / 16), seed=1)
+    b = evaluate.road(predict, x, relevance, 0, fractions=(1 / 16, 2 / 16), seed=1)
+    np.testing.assert_array_equal(a.outputs, b.outputs)
+    assert 0 < abs(a.outputs[0, 1] - one) < 5 * 0.01 * (img.max() - img.min())
+
+
+def test_road_errors():
+    x = np.zeros((2, 4, 4, 1), np.float32)
+    with pytest.raises(InputError, match="images"):
+        evaluate.road(lambda b: b[:, :1], np.zeros((2, 5)), np.zeros((2, 5)), 0)
+    with pytest.raises(InputError, match="fractions"):
+        evaluate.road(lambda b: b.reshape(2, -1), x, x, 0, fractions=(0.5, 1.0))
+    with pytest.raises(InputError, match="order"):
+        evaluate.road(lambda b: b.reshape(2, -1), x, x, 0, order="random")
+
+
+# ------------------------------------------------------------------------------ IROF
+def test_irof_by_hand():
+    """Logits ``[s, 0]``, ``s = sum w x`` with ``x = 1`` and ``w`` constant on each 2x2 cell."""
+    per_pixel = np.array([[2.0, -1.0], [0.5, 1.0]])  # cells 0, 1 (top), 2, 3 (bottom)
+    w = np.kron(per_pixel, np.ones((2, 2)))[..., None]  # (4, 4, 1)
+    x = np.ones((1, 4, 4, 1), np.float32)
+
+    def predict(batch):
+        s = (batch.astype(np.float64) * w).reshape(len(batch), -1).sum(axis=1)
+        return np.stack([s, np.zeros_like(s)], axis=1)
+
+    # cells removed (baseline 0) by mean relevance 2 > 1 > 0.5 > -1: s = 10, 2, -2, -4, 0
+    s = np.array([10.0, 2.0, -2.0, -4.0, 0.0])
+    p = 1 / (1 + np.exp(-s))
+    curves = evaluate.irof(predict, x, x * w, 0, segments=2, baseline=0.0)
+    np.testing.assert_allclose(curves.fractions, np.arange(5) / 4)
+    np.testing.assert_allclose(curves.outputs[0], p / p[0], rtol=1e-12)
+    np.testing.assert_allclose(curves.aopc, [np.mean(1 - p / p[0])], rtol=1e-12)
+    # the same cells given as labels (any ids), for all images or per image
+    labels = evaluate.grid_segments(4, 4, 2) * 7 + 3
+    np.testing.assert_array_equal(evaluate.grid_segments(4, 4, 2)[::2, ::2], [[0, 1], [2, 3]])
+    for segments in (labels, labels[None]):
+        same = evaluate.irof(predict, x, x * w, 0, segments=segments, baseline=0.0)
+        np.testing.assert_allclose(same.outputs, curves.outputs, rtol=1e-12)
+    raw = evaluate.irof(predict, x, x * w, 0, segments=2, baseline=0.0, probability=False)
+    np.testing.assert_allclose(raw.outputs[0], s / s[0], rtol=1e-12)
+
+
+def test_irof_segment_errors():
+    x = np.ones((1, 4, 4, 1), np.float32)
+    with pytest.raises(InputError, match="segments"):
+        evaluate.irof(lambda b: b.reshape(1, -1), x, x, 0, segments=np.zeros((3, 3), int))
+
+
+# ------------------------------------------------------------------------------ blur
+def test_blur_removal_value():
+    rng = np.random.default_rng(0)
+    x = np.broadcast_to(rng.random((2, 1, 1, 3)), (2, 16, 16, 3)).astype(np.float32)
+
+    def predict(batch):
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True)
+
+    flat = evaluate.pixel_flipping(predict, x, None, 0, order="random", steps=4, baseline="blur")
+    np.testing.assert_allclose(flat.outputs, np.repeat(flat.outputs[:, :1], 5, axis=1),
+                               rtol=1e-5)  # a constant image is its own blur
+    impulse = np.zeros((1, 33, 33, 1), np.float32)
+    impulse[0, 16, 16, 0] = 1.0
+    blurred = evaluate.pixel_flipping(predict, impulse, impulse, 0, steps=1, fraction=1.0,
+                                      baseline="blur")
+    assert blurred.outputs[0, 1] == pytest.approx(1.0, abs=1e-5)  # a blur keeps the mass
+    with pytest.raises(InputError, match="'blur' needs images"):
+        evaluate.pixel_flipping(predict, np.ones((2, 5), np.float32), None, 0, order="random",
+                                baseline="blur")
