@@ -20,10 +20,10 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "analyzer", "analyzers", "attention", "base", "baselines", "callbacks", "canonizers", "cli",
     "composites", "concepts", "datasets", "distribute", "evaluate", "gradients", "graph", "io",
-    "keras_adapter", "layers", "plan", "ray", "recurrent", "rules", "summary", "visualize",
-    "weightless",
+    "keras_adapter", "layers", "plan", "ray", "recurrent", "rules", "summary", "tuning",
+    "visualize", "weightless",
 }
-_NAMES = {"Analyzer": "tf_lrp.analyzer", "load_model": "tf_lrp.io"}
+_NAMES = {"Analyzer": "tf_lrp.analyzer", "load_model": "tf_lrp.io", "tune": "tf_lrp.tuning"}
 
 __all__ = [
     "Analyzer",
@@ -37,6 +37,7 @@ __all__ = [
     "layers",
     "load_model",
     "rules",
+    "tune",
 ]
 
 

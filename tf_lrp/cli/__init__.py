@@ -6,7 +6,7 @@
     tf-lrp composites
     tf-lrp info MODEL [--composite NAME] [--rule KEY=RULE ...]
     tf-lrp concepts MODEL INPUT... --layer NAME --top 5 --out DIR [--atlas DIR]
-    tf-lrp evaluate MODEL --data digits|shapes|tokens
+    tf-lrp evaluate MODEL --data digits|shapes|scenes|tokens
 
 ``explain`` writes, for every input sample, ``DIR/<name>.npy`` (the relevance, float32, the
 sample's shape) and ``DIR/<name>.png`` (the heatmap, enlarged ``--zoom`` times, default about

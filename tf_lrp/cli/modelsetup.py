@@ -1,5 +1,5 @@
 """The model side of ``tf-lrp``: load the model, decide the input range, build the composite
-(``--composite``, ``--param``, ``--rule``) and the analyzer."""
+(``--composite`` or ``--composite-file``, ``--param``, ``--rule``) and the analyzer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from tf_lrp.cli.common import (
     ASSUMED_SCALE,
     AUTO_SCALE,
+    DEFAULT_COMPOSITE,
     PREPROCESSED_SCALE,
     PREPROCESSING_LAYERS,
     SCALES,
@@ -57,9 +58,41 @@ def _takes_bounds(signature: str) -> bool:
     return all(re.search(rf"[(,]\s*{p}\b", signature) for p in ("low", "high"))
 
 
+def _composite_name(args) -> str:
+    """``--composite``, or the default composite."""
+    return (getattr(args, "composite", None) or DEFAULT_COMPOSITE).replace("-", "_").lower()
+
+
+def _composite_file(tf_lrp, args) -> Any:
+    """The composite of ``--composite-file`` (``None`` without it).
+
+    Raises
+    ------
+    UsageError
+        If ``--composite`` or ``--param`` is given too.
+    tf_lrp.InputError
+        If the file cannot be read or is not a valid composite file (the message says why).
+    """
+    path = getattr(args, "composite_file", None)
+    if path is None:
+        return None
+    if getattr(args, "composite", None) is not None:
+        raise UsageError("--composite and --composite-file are mutually exclusive: give a "
+                         "composite by name or a composite file")
+    if args.param:
+        raise UsageError("--param sets parameters of a --composite given by name; a "
+                         "--composite-file carries its parameters (edit the file, or map single "
+                         "layers with --rule)")
+    return tf_lrp.composites.load(path)
+
+
 def _composite(tf_lrp, args, input_range: tuple[float, float]) -> Any:
-    """The composite named by ``--composite`` with ``--param`` values (bounds: ``input_range``)."""
-    name = args.composite.replace("-", "_").lower()
+    """The composite of ``--composite-file``, or the one named by ``--composite`` with
+    ``--param`` values (bounds: ``input_range``)."""
+    loaded = _composite_file(tf_lrp, args)
+    if loaded is not None:
+        return loaded
+    name = _composite_name(args)
     signatures = dict(tf_lrp.composites.describe())
     if name not in signatures:
         raise UsageError(
@@ -149,9 +182,10 @@ def _resolve_scale(args, graph) -> tuple[str, str, bool]:
 
 
 def _uses_bounds(tf_lrp, args) -> bool:
-    """Whether the composite or a ``--rule`` takes input bounds (low/high)."""
-    name = args.composite.replace("-", "_").lower()
-    signature = dict(tf_lrp.composites.describe()).get(name, "")
+    """Whether the composite (by name; a file carries its bounds) or a ``--rule`` takes input
+    bounds (low/high)."""
+    signature = "" if getattr(args, "composite_file", None) else \
+        dict(tf_lrp.composites.describe()).get(_composite_name(args), "")
     return _takes_bounds(signature) or any(
         {"low", "high"} <= set(inspect.signature(tf_lrp.rules.RULES[o.rule]).parameters)
         for o in args.rules)
@@ -222,7 +256,8 @@ def setup_model(tf_lrp, args) -> Setup:
     """
     from tf_lrp import canonizers, graph
 
-    _composite(tf_lrp, args, SCALES[ASSUMED_SCALE])  # a bad name fails before the model loads
+    _composite(tf_lrp, args, SCALES[ASSUMED_SCALE])  # a bad name or file fails before the
+    # model loads
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

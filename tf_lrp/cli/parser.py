@@ -33,6 +33,7 @@ examples:
   tf-lrp explain model.keras 'store/**/*.jpg' @more.txt --out out --format shards
   tf-lrp explain model.keras store/ --out out --format shards --devices all   # every GPU
   tf-lrp explain model.keras /shared/store --out /shared/out --format shards --ray auto
+  tf-lrp explain model.keras photos/ --out out --composite-file tuned.json  # 'tf-lrp tune'
 
 inputs: image files, .npy arrays (one sample or a batch), directories (walked recursively,
   sorted by name), globs ('**' recursive; quote them) and @LIST files (one path per line,
@@ -78,6 +79,8 @@ examples:
   tf-lrp explain model.h5 x.npy --out out --composite epsilon_gamma_box --param gamma=0.5
 
 A rule name works as a composite too: that rule for every layer with weights.
+A composite file (JSON: tf_lrp.composites.save, 'tf-lrp tune') is given with
+--composite-file FILE.json instead of --composite.
 --rule KEY=RULE[:param=value,...] gives one layer class or named layer another rule.
 """
 
@@ -199,7 +202,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tf-lrp`` argument parser (``explain``, ``composites``, ``info``, ``evaluate``)."""
+    """The ``tf-lrp`` argument parser (``explain``, ``composites``, ``info``, ``concepts``,
+    ``evaluate``, ``tune``)."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="tf-lrp", formatter_class=fmt,
@@ -210,9 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_opts = argparse.ArgumentParser(add_help=False)
     model_opts.add_argument("model", metavar="MODEL", help="a .keras or .h5 model file")
-    model_opts.add_argument(
-        "--composite", default=DEFAULT_COMPOSITE, metavar="NAME",
+    which = model_opts.add_mutually_exclusive_group()
+    which.add_argument(
+        "--composite", default=None, metavar="NAME",
         help=f"composite or rule name (see 'tf-lrp composites'; default {DEFAULT_COMPOSITE})",
+    )
+    which.add_argument(
+        "--composite-file", default=None, metavar="FILE.json",
+        help="a composite file (JSON, e.g. written by 'tf-lrp tune' or "
+             "tf_lrp.composites.save) instead of --composite",
     )
     model_opts.add_argument(
         "--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
@@ -308,14 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tf_lrp import evaluate as evaluation  # numpy only at import time
     from tf_lrp.cli import concepts as concepts_command
+    from tf_lrp.cli import tune as tune_command
 
     concepts_command.add_parser(sub)
+    tune_command.add_parser(sub)
     evaluate = sub.add_parser(
         "evaluate", formatter_class=fmt,
-        help="score attribution methods: pixel flipping, localisation, sanity check, conservation",
-        description="Evaluate attribution methods on a model and print a method x metric table: "
-                    "pixel flipping (AOPC), localisation (shapes), cascading randomisation and "
-                    "conservation; the pixel-flipping curves are saved as a PNG.",
+        help="score attribution methods: pixel flipping, ROAD, IROF, localisation, sanity "
+             "checks, conservation, cost",
+        description="Evaluate attribution methods on a model and print method x metric tables: "
+                    "pixel flipping (AOPC, two removal values), ROAD, IROF, localisation (shapes, "
+                    "scenes, tokens), top-down and bottom-up randomisation, efficient MPRT, "
+                    "conservation, and each method's cost in milliseconds and in gradients; the "
+                    "curves and the quality-against-cost plot are saved as PNGs.",
         epilog="example:\n  tf-lrp evaluate saved_models/shapes_resnet.keras --data shapes "
                "--methods epsilon_plus,gradient -n 200",
     )

@@ -1,135 +1,14 @@
-"""Composites: which rule each layer gets, by layer type and position.
-
-A composite answers :meth:`Composite.rule_for` for every node of the canonized graph. Layers
-without weights that tf_lrp knows (activations, pooling, ``Add``, reshapes) get their fixed
-handling unless a composite maps their class explicitly.
-
-Presets are registered by snake_case name (:func:`get`, :func:`names`)::
-
-    composites.get("epsilon_gamma_box", low=-1.0, high=1.0)
-"""
+"""The registered composites (presets), the registry (:func:`get`, :func:`names`,
+:func:`register`) and :func:`as_composite`."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 
 from keras import layers as kl
 
 from tf_lrp import rules
-from tf_lrp.rules import Rule
-
-#: Dense-like layers.
-DENSE: tuple[type, ...] = (kl.Dense,)
-#: Every convolution layer tf_lrp knows.
-CONVOLUTIONS: tuple[type, ...] = (
-    kl.Conv1D, kl.Conv2D, kl.Conv3D,
-    kl.Conv1DTranspose, kl.Conv2DTranspose, kl.Conv3DTranspose,
-    kl.DepthwiseConv1D, kl.DepthwiseConv2D,
-    kl.SeparableConv1D, kl.SeparableConv2D,
-)
-
-
-class Composite:
-    """Base class: maps a layer (and whether it is a first layer) to a rule."""
-
-    def rule_for(self, layer, *, first: bool, weighted: bool) -> Rule | None:
-        """The rule for ``layer``; ``None`` to fall back on the fixed handling.
-
-        Parameters
-        ----------
-        layer
-            The Keras layer of the node.
-        first
-            Whether it is a layer with weights reached from a model input through layers
-            without weights only.
-        weighted
-            Whether it has weights (a linear part).
-        """
-        raise NotImplementedError
-
-
-def _matches(layer, key) -> bool:
-    """Whether ``key`` (a class, a tuple of classes, a layer name or a class name) names ``layer``."""
-    if isinstance(key, str):
-        return key in (getattr(layer, "name", None), type(layer).__name__)
-    if isinstance(key, tuple) and any(isinstance(k, str) for k in key):
-        return any(_matches(layer, k) for k in key)
-    return isinstance(layer, key)
-
-
-def _key_text(key) -> str:
-    keys = key if isinstance(key, tuple) else (key,)
-    return "/".join(k if isinstance(k, str) else k.__name__ for k in keys)
-
-
-class LayerMap(Composite):
-    """Map layer classes (or layer names) to rules.
-
-    Parameters
-    ----------
-    mapping
-        ``[(key, rule), ...]``; the first match wins. A key is a layer class, a tuple of
-        classes, or a string: the name of one layer (``"conv1"``) or of a layer class
-        (``"Multiply"``; also matches Keras op nodes such as ``x * y`` by their class name). A
-        user maps their own rule to their own layer class here. A rule mapped to a layer
-        without weights replaces its fixed handling.
-    default
-        The rule of any other layer with weights (``None``: such a layer is an error).
-    first
-        Overrides the rule of the first layer(s) with weights reached from the input.
-    """
-
-    def __init__(
-        self,
-        mapping: Sequence[tuple[type | tuple[type, ...], Rule]] = (),
-        default: Rule | None = None,
-        first: Rule | None = None,
-    ):
-        self.mapping = [(classes, rule) for classes, rule in mapping]
-        self.default = default
-        self.first = first
-        for classes, rule in self.mapping:
-            if not isinstance(rule, Rule):
-                raise TypeError(f"LayerMap: {rule!r} mapped to {classes!r} is not a tf_lrp rule")
-
-    def rule_for(self, layer, *, first: bool, weighted: bool) -> Rule | None:
-        if first and weighted and self.first is not None:
-            return self.first
-        for key, rule in self.mapping:
-            if _matches(layer, key):
-                return rule
-        return self.default if weighted else None
-
-    def __repr__(self) -> str:
-        items = ", ".join(f"{_key_text(key)}: {r!r}" for key, r in self.mapping)
-        return f"{type(self).__name__}(first={self.first!r}, [{items}], default={self.default!r})"
-
-
-class Overrides(Composite):
-    """A composite with some layers mapped to other rules (the command line's ``--rule``).
-
-    Parameters
-    ----------
-    base
-        The composite that decides for every layer not in ``mapping``.
-    mapping
-        ``[(key, rule), ...]`` as in :class:`LayerMap`; checked first, also for first layers.
-    """
-
-    def __init__(self, base: Composite, mapping: Sequence[tuple[object, Rule]]):
-        self.base = base
-        self.overrides = LayerMap(mapping)
-
-    def rule_for(self, layer, *, first: bool, weighted: bool) -> Rule | None:
-        rule = self.overrides.rule_for(layer, first=False, weighted=False)
-        return rule if rule is not None else self.base.rule_for(layer, first=first,
-                                                                weighted=weighted)
-
-    def __repr__(self) -> str:
-        items = ", ".join(f"{_key_text(key)}: {r!r}" for key, r in self.overrides.mapping)
-        return f"{self.base!r} with [{items}]"
-
+from tf_lrp.composites.base import CONVOLUTIONS, DENSE, Composite, LayerMap
 
 _REGISTRY: dict[str, type[Composite]] = {}
 
