@@ -104,3 +104,30 @@ def test_integrated_gradients_zero_starts_from_the_data_zero_not_the_removal_val
     assert float(np.mean(ig.baseline[0])) == 0.0 and float(np.mean(ig_zero.baseline[0])) == 127.5
     shapes = evaluate.DATASETS["shapes"]
     assert shapes.baseline == "mean" and shapes.zero == 0.0
+
+
+def test_composite_file_is_evaluated_as_a_method_and_sanity_samples_limit_the_cascades(tmp_path):
+    """``composite_files``: a saved EpsilonPlus scores as the preset does (same relevance); the
+    randomisation checks run on the first ``sanity_samples`` samples only."""
+    from tf_lrp import composites
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((32, 32, 3))
+    h = kl.Rescaling(1 / 255, name="preprocess")(inp)
+    h = kl.Conv2D(4, 3, activation="relu", name="conv")(h)
+    model = keras.Model(inp, kl.Dense(4, name="out")(kl.GlobalAveragePooling2D()(h)))
+    path = tmp_path / "mine.json"
+    composites.save(composites.EpsilonPlus(), path)
+    _, figure = evaluate.run_report(model, "shapes", ["epsilon_plus"], n=5, out_dir=tmp_path,
+                                    steps=2, cost_batch=0, sanity_samples=3, road=False,
+                                    irof_metric=False, composite_files=[path], progress=False)
+    summary = json.loads(figure.with_suffix(".json").read_text())
+    assert list(summary["methods"]) == ["epsilon_plus", "file:mine"]
+    preset, loaded = summary["methods"]["epsilon_plus"], summary["methods"]["file:mine"]
+    for key in ("aopc_per_sample", "mass_per_sample", "ratio_per_sample"):
+        np.testing.assert_allclose(loaded[key], preset[key], atol=1e-4)
+    assert len(preset["mass_per_sample"]) == 5
+    assert len(loaded["similarity_top_per_sample"]) == 3
+    assert summary["settings"]["sanity_samples"] == 3
+    assert summary["settings"]["composite_files"] == [str(path)]
+    assert "LRP mine (file)" in figure.with_suffix(".md").read_text()

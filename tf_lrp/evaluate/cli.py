@@ -62,6 +62,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="skip the model-randomisation checks (the slowest part)")
     parser.add_argument("--no-bottom-up", action="store_true",
                         help="run only the top-down randomisation cascade (and eMPRT)")
+    parser.add_argument("--sanity-samples", type=int, default=None, metavar="K",
+                        help="run the randomisation checks on the first K samples only "
+                             "(default: all)")
+    parser.add_argument("--composite-file", action="append", default=[], metavar="FILE",
+                        help="also evaluate the composite of this file (e.g. from tf-lrp "
+                             "tune), as method file:<stem>; repeatable")
     parser.add_argument("--cost-batch", type=int, default=32,
                         help="samples per timed batch of the cost column (32; 0: skip)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
@@ -87,6 +93,8 @@ def run_cli(args: argparse.Namespace) -> int:
         irof_metric=not getattr(args, "no_irof", False), sanity=not args.no_sanity,
         bottom_up=not getattr(args, "no_bottom_up", False),
         cost_batch=getattr(args, "cost_batch", 32), seed=args.seed,
+        sanity_samples=getattr(args, "sanity_samples", None),
+        composite_files=getattr(args, "composite_file", []),
         batch_size=args.batch_size, progress=not args.quiet,
     )
     print(markdown)

@@ -63,6 +63,20 @@ def _curve(curves) -> dict:
     return {"fractions": curves.fractions, "curve": curves.outputs.mean(axis=0)}
 
 
+def _composite_file(path):
+    """A method factory: an Analyzer with the composite of the file at ``path``."""
+    from tf_lrp import composites
+
+    composite = composites.load(path)  # read (and checked) once, before any method runs
+
+    def factory(model, setting, seed: int):
+        import tf_lrp
+
+        return tf_lrp.Analyzer(model, composite)
+
+    return factory
+
+
 def _evaluate_method(factory, model, setting, x, y, masks, explained, predictor, opts):
     """All metrics of one method: a dict of per-sample arrays (and curves, layers, cost)."""
     seed, progress = opts["seed"], opts["progress"]
@@ -92,8 +106,9 @@ def _evaluate_method(factory, model, setting, x, y, masks, explained, predictor,
         r["rank"] = relevance_rank_accuracy(relevance, masks, seed=seed)
     layers = {}
     for order in opts["sanity"]:
-        check = model_randomisation(model, lambda m, f=factory: f(m, setting, seed), x, y,
-                                    order=order, seed=seed, progress=progress)
+        k = opts["sanity_samples"] or len(x)
+        check = model_randomisation(model, lambda m, f=factory: f(m, setting, seed), x[:k],
+                                    y[:k], order=order, seed=seed, progress=progress)
         suffix = "" if order == "top_down" else "_bu"
         r["similarity" + suffix], r["similarity_abs" + suffix] = (check.similarity,
                                                                   check.similarity_abs)
@@ -128,8 +143,10 @@ def run_report(
     irof_metric: bool = True,
     sanity: bool = True,
     bottom_up: bool = True,
+    sanity_samples: int | None = None,
     cost_batch: int = 32,
     cost_repeats: int = 5,
+    composite_files: Sequence = (),
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
@@ -169,9 +186,15 @@ def run_report(
     sanity, bottom_up
         Run the top-down randomisation check and eMPRT (the slowest part), and the bottom-up
         cascade as well.
+    sanity_samples
+        Run the randomisation checks on the first ``sanity_samples`` samples only (``None``: all;
+        on deep models each cascade explains the samples once per layer with weights).
     cost_batch, cost_repeats
         Cost: explanations of the first ``cost_batch`` samples are timed ``cost_repeats`` times
         (after a warm-up) between two timings of a plain gradient; 0 skips the cost.
+    composite_files
+        Composite files (:func:`tf_lrp.composites.load`, e.g. written by ``tf-lrp tune``), each
+        evaluated as one more method named ``file:<stem>`` after ``methods``.
     seed
         Seed of the random order, tie-breaking, noise, random method and new weights.
     batch_size
@@ -190,6 +213,10 @@ def run_report(
         raise InputError(f"data must be one of {sorted(DATASETS)}, got {data!r}")
     table_of_methods = _method_table()
     methods = list(methods or (TOKEN_METHODS if data == "tokens" else METHODS))
+    for path in composite_files:
+        name = f"file:{Path(path).stem}"
+        table_of_methods[name] = (f"LRP {Path(path).stem} (file)", _composite_file(path))
+        methods.append(name)
     unknown = [m for m in methods if m not in table_of_methods]
     if unknown:
         raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -219,7 +246,7 @@ def run_report(
             "road": road_settings if road and setting.images else None,
             "irof": irof_metric and setting.images, "correct": logits.argmax(axis=1) == y,
             "sanity": (("top_down", "bottom_up") if bottom_up else ("top_down",)) if sanity
-            else (), "cost_batch": int(cost_batch), "cost_repeats": cost_repeats}
+            else (), "sanity_samples": sanity_samples, "cost_batch": int(cost_batch), "cost_repeats": cost_repeats}
     controls = {"aopc": pixel_flipping(predictor, x, None, y, order="random", progress=progress,
                                        **flip)}
     if second is not None:
@@ -268,7 +295,9 @@ def run_report(
                      "road": opts["road"] and {**road_settings,
                                                "fractions": list(ROAD_FRACTIONS)},
                      "irof_grid": IROF_GRID if opts["irof"] else None,
-                     "cost_batch": opts["cost_batch"], "cost_repeats": cost_repeats},
+                     "cost_batch": opts["cost_batch"], "cost_repeats": cost_repeats,
+                     "sanity_samples": min(sanity_samples or len(x), len(x)),
+                     "composite_files": [str(p) for p in composite_files]},
         "runtime_seconds": runtime,
         "randomised_layers": layers.get("top_down"),
         "randomised_layers_bottom_up": layers.get("bottom_up"),
