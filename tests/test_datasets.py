@@ -275,6 +275,12 @@ MODELS = {
                         (-1.0, 1.0)),
     "shapes_resnet.keras": (lambda: make_shapes(400, seed=SHAPES_TEST_SEED)[:2], shape_pixels,
                             0.90, (0.0, 1.0)),
+    "shapes_vit.keras": (lambda: make_shapes(400, seed=SHAPES_TEST_SEED)[:2], shape_pixels,
+                         0.93, (0.0, 1.0)),
+    "scenes_vgg.keras": (lambda: make_scenes(400, seed=SCENES_TEST_SEED)[:2], shape_pixels,
+                         0.95, (0.0, 1.0)),
+    "scenes_resnet.keras": (lambda: make_scenes(400, seed=SCENES_TEST_SEED)[:2], shape_pixels,
+                            0.95, (0.0, 1.0)),
 }
 
 
