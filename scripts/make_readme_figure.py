@@ -1,52 +1,112 @@
-"""Draw docs/heatmaps.png for the README: real LRP output of the shipped models.
+"""Draw docs/heatmaps.png for the README: real output of the deep shipped model.
 
 Run from the repository root: ``python scripts/make_readme_figure.py``.
+
+The samples are chosen by a fixed rule, never by how they look: the first ``--n`` held-out
+scenes (``make_scenes(n, seed=SCENES_TEST_SEED)``). Columns: the input with the outline of
+the class-deciding object (its ground-truth mask), then one column per method, each heatmap
+with the same outline. Rows are labelled with the true and the predicted class.
 """
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-import tf_lrp
-from tf_lrp import datasets, visualize
-
 ROOT = Path(__file__).resolve().parents[1]
+#: The first N held-out scenes are shown.
+N_SAMPLES = 6
 
 
-def rows() -> list[np.ndarray]:
-    """The shipped models start with a Rescaling layer: their inputs are pixel values 0..255
-    (the data sets are in [-1, 1] for digits and [0, 1] for shapes), and so are the z^B
-    bounds (the engine maps them through the Rescaling layer)."""
-    x28, _ = datasets.load_digits(split="test")
-    x32, _ = datasets.load_digits(split="test", pad=datasets.LENET_PAD)
-    shapes, _, _ = datasets.make_shapes(6, seed=datasets.SHAPES_TEST_SEED)
-    cases = [
-        ("digits_mlp.h5", (x28[:6] + 1.0) * 127.5),
-        ("digits_lenet.h5", (x32[:6] + 1.0) * 127.5),
-        ("shapes_resnet.keras", shapes * 255.0),
+#: Tiles are drawn ZOOM times larger, so the outline (one fine pixel) covers little.
+ZOOM = 3
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels just outside ``mask`` (a 4-neighbour inside it): the outline drawn around the
+    object, never over its own pixels, so it hides none of the relevance on the object."""
+    padded = np.pad(mask, 1, constant_values=False)
+    near = (padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:])
+    return near & ~mask
+
+
+def zoom(image: np.ndarray) -> np.ndarray:
+    """``image`` with every pixel repeated ZOOM x ZOOM times."""
+    return np.repeat(np.repeat(image, ZOOM, axis=0), ZOOM, axis=1)
+
+
+def methods(composite_file: Path | None) -> list[tuple[str, object]]:
+    """The columns: LRP composites, then the gradient family (pixels 0..255 as bounds)."""
+    import tf_lrp
+    from tf_lrp import baselines, composites
+
+    columns: list[tuple[str, object]] = [
+        ("LRP EpsilonGammaBox", lambda m: tf_lrp.Analyzer(m, "epsilon_gamma_box",
+                                                          low=0.0, high=255.0)),
+        ("LRP EpsilonPlus", lambda m: tf_lrp.Analyzer(m, "epsilon_plus")),
     ]
-    out = []
-    for name, x in cases:
+    if composite_file is not None:
+        columns.append(("LRP tuned (mass)",
+                        lambda m: tf_lrp.Analyzer(m, composites.load(composite_file))))
+    columns += [
+        ("Gradient", lambda m: baselines.Gradient(m)),
+        ("Integrated Gradients\n(baseline: black)",
+         lambda m: baselines.IntegratedGradients(m, baseline=0.0)),
+    ]
+    return columns
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "saved_models" / "scenes_vgg.keras")
+    parser.add_argument("--composite-file", type=Path, default=None,
+                        help="also show the composite of this file (from tf-lrp tune)")
+    parser.add_argument("--n", type=int, default=N_SAMPLES)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "heatmaps.png")
+    args = parser.parse_args(argv)
+
+    import keras
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tf_lrp import datasets, storage, visualize
+
+    x, y, masks = datasets.make_scenes(args.n, seed=datasets.SCENES_TEST_SEED)
+    pixels = x * 255.0  # the shipped model starts with Rescaling(1/255)
+    model = keras.models.load_model(args.model, compile=False)
+    predicted = model.predict(pixels, verbose=0).argmax(axis=1)
+    columns = methods(args.composite_file)
+    heat = []
+    for _, factory in columns:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            analyzer = tf_lrp.Analyzer(ROOT / "saved_models" / name, "epsilon_gamma_box",
-                                       low=0.0, high=255.0)
-        heat = visualize.heatmap(analyzer(x))
-        images = visualize.overlay(heat, x, alpha=0.0, input_range=(0.0, 255.0))
-        out.append(np.concatenate([images, heat]))
-    return out
+            analyzer = factory(model)
+        heat.append(visualize.heatmap(analyzer(pixels, predicted)))
 
-
-def main() -> None:
-    tiles = [np.kron(t, np.ones((4, 4, 1), np.uint8)) if t.shape[1] < 64 else t
-             for r in rows() for t in r]
-    size = max(t.shape[0] for t in tiles)
-    tiles = [np.pad(t, ((0, size - t.shape[0]), (0, size - t.shape[1]), (0, 0)),
-                    constant_values=255) for t in tiles]
-    visualize.save_png(ROOT / "docs" / "heatmaps.png", visualize.grid(np.stack(tiles), ncols=12))
+    edge = np.stack([outline(zoom(m)) for m in masks])
+    fig, axes = plt.subplots(args.n, len(columns) + 1, figsize=(1.9 * (len(columns) + 1),
+                                                                 1.9 * args.n + 0.4))
+    for i in range(args.n):
+        row = [(x[i] * 255).astype(np.uint8)] + [h[i] for h in heat]
+        for j, image in enumerate(row):
+            image = zoom(image)
+            image[edge[i]] = (0, 0, 0) if j else (255, 255, 255)
+            ax = axes[i, j]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("input + object\n" if j == 0 else columns[j - 1][0], fontsize=8)
+        classes = datasets.SCENES_CLASSES
+        axes[i, 0].set_ylabel(f"{classes[y[i]]}\n(pred. {classes[predicted[i]]})", fontsize=8)
+    fig.tight_layout(pad=0.3)
+    storage.atomic_write(args.out, lambda stream: fig.savefig(stream, dpi=110, format="png"))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
