@@ -2,11 +2,12 @@
 
 ::
 
-    tf-lrp explain MODEL INPUT... --out DIR [options]
+    tf-lrp explain MODEL INPUT... --out DIR [--composite NAME | --composite-file FILE] [options]
     tf-lrp composites
     tf-lrp info MODEL [--composite NAME] [--rule KEY=RULE ...]
     tf-lrp concepts MODEL INPUT... --layer NAME --top 5 --out DIR [--atlas DIR]
-    tf-lrp evaluate MODEL --data digits|shapes|scenes|tokens
+    tf-lrp evaluate MODEL --data digits|shapes|scenes|tokens [--composite-file FILE]
+    tf-lrp tune MODEL --data DATA|FILE.npz --metric aopc|road|mass --budget N --out FILE.json
 
 ``explain`` writes, for every input sample, ``DIR/<name>.npy`` (the relevance, float32, the
 sample's shape) and ``DIR/<name>.png`` (the heatmap, enlarged ``--zoom`` times, default about
