@@ -5,6 +5,7 @@ Nothing here imports TensorFlow at import time: ``tf-lrp --help`` stays fast.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -115,3 +116,22 @@ def engine():
     import tf_lrp
 
     return tf_lrp
+
+
+def int_at_least(minimum: int, what: str):
+    """An argparse type: an integer >= ``minimum``, described as ``what`` in errors."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+#: argparse type: an integer >= 1.
+positive_int = int_at_least(1, "a positive integer")

@@ -39,7 +39,9 @@ from tf_lrp.cli.common import (
     UsageError,
     engine,
     error,
+    int_at_least,
     note,
+    positive_int,
 )
 
 CSV_NAME = "concepts.csv"
@@ -59,24 +61,7 @@ outputs (in --out DIR): <name>.png per input sample, concepts.csv
 """
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _class_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a class index (integer >= 0), got {text!r}")
-    return value
+_class_index = int_at_least(0, "a class index (integer >= 0)")
 
 
 def _param(text: str) -> tuple[str, float]:
@@ -103,7 +88,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layer", required=True, metavar="NAME",
                    help="the layer whose channels are the concepts (e.g. the last convolution)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--top", type=_positive, default=5, metavar="K",
+    p.add_argument("--top", type=positive_int, default=5, metavar="K",
                    help="concepts per input (default 5)")
     p.add_argument("--target", type=_class_index, metavar="C",
                    help="explain class C (default: the predicted class)")
@@ -111,7 +96,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a concept atlas (tf_lrp.concepts.build_atlas) for reference crops")
     p.add_argument("--reference", action="append", default=[], metavar="DATA",
                    help="build (or continue) the --atlas from these inputs first (repeatable)")
-    p.add_argument("--reference-top", type=_positive, default=8, metavar="N",
+    p.add_argument("--reference-top", type=positive_int, default=8, metavar="N",
                    help="reference samples kept per channel when building the atlas (default 8)")
     p.add_argument("--refs", type=int, default=4, metavar="N",
                    help="reference crops drawn per concept (default 4)")
@@ -123,7 +108,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    metavar="RANGE", help="the input range of image files, as for tf-lrp explain")
     p.add_argument("--output", dest="model_output", metavar="INDEX|NAME",
                    help="which output of a multi-output model to explain")
-    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"samples per step (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--allow-lambda", action="store_true",
                    help="load Lambda layers (runs code stored in the file: trusted files only)")

@@ -18,6 +18,8 @@ from tf_lrp.cli.common import (
     SCALES,
     UsageError,
     error,
+    int_at_least,
+    positive_int,
 )
 from tf_lrp.cli.modelsetup import rule_classes, rule_signature
 
@@ -86,29 +88,14 @@ A composite file (JSON: tf_lrp.composites.save, 'tf-lrp tune') is given with
 
 
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= ``minimum``, described as ``what`` in errors."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
+_positive_int = positive_int
 
 
 def _devices(text: str) -> str:
     if text.strip().lower() == "all":
         return "all"
     return str(_positive_int(text))
-_class_index = _int_at_least(0, "a class index (integer >= 0)")
+_class_index = int_at_least(0, "a class index (integer >= 0)")
 
 
 def _param(text: str) -> tuple[str, float]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tf_lrp.cli.common import EXIT_OK, UsageError, engine, note
+from tf_lrp.cli.common import EXIT_OK, UsageError, engine, note, positive_int
 
 _EPILOG = """\
 examples:
@@ -53,16 +53,6 @@ def _share(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _names(text: str) -> list[str]:
     return [n.strip().replace("-", "_").lower() for n in text.split(",") if n.strip()]
 
@@ -87,11 +77,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=METRICS, default="aopc",
                    help="aopc (pixel flipping, default), road, or mass (relevance mass accuracy; "
                         "needs masks)")
-    p.add_argument("--budget", type=_positive, default=20, metavar="N",
+    p.add_argument("--budget", type=positive_int, default=20, metavar="N",
                    help="trials, the presets included (default 20)")
     p.add_argument("--out", required=True, metavar="FILE.json",
                    help="the composite file to write")
-    p.add_argument("-n", "--n", "--samples", dest="n", type=_positive, default=200,
+    p.add_argument("-n", "--n", "--samples", dest="n", type=positive_int, default=200,
                    metavar="N", help="samples, split into validation and test (default 200)")
     p.add_argument("--validation", type=_share, default=0.5, metavar="SHARE",
                    help="the share of samples for validation (default 0.5); the rest is the "
@@ -108,12 +98,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--high", type=float, default=None, help="see --low")
     p.add_argument("--baseline", default=None, metavar="VALUE|mean",
                    help="aopc: the removal value (default: the data set's; .npz: 0)")
-    p.add_argument("--patch-size", type=_positive, default=None, metavar="N",
+    p.add_argument("--patch-size", type=positive_int, default=None, metavar="N",
                    help="aopc: patch side (default: the data set's; .npz: 2 for images, else 1)")
-    p.add_argument("--steps", type=_positive, default=25, help="aopc: steps (default 25)")
+    p.add_argument("--steps", type=positive_int, default=25, help="aopc: steps (default 25)")
     p.add_argument("--fraction", type=float, default=0.5,
                    help="aopc: share of patches removed by the last step (default 0.5)")
-    p.add_argument("--batch-size", type=_positive, default=256, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                    help="largest batch of the metric's predictions (default 256)")
     p.add_argument("--allow-lambda", action="store_true",
                    help="load Lambda layers (runs code stored in the file: trusted files only)")
