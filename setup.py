@@ -24,6 +24,9 @@ setup(
         # TF >= 2.21 no longer installs TensorBoard; tf.summary needs it.
         "tensorboard>=2.16",
         "scikit-learn>=1.3",
+        # tf_lrp.evaluate: ROAD's sparse solve, blur removal, Spearman ranks (also a
+        # dependency of scikit-learn; named because tf_lrp imports it directly)
+        "scipy>=1.10",
     ],
     extras_require={
         # tf_lrp.ray and tf-lrp explain --ray: Ray Data (actor pools, retries, spilling)
