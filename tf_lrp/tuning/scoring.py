@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 
@@ -61,19 +59,9 @@ class Scorer:
                 self.predictor, x, relevance, target, patch_size=patch, steps=s["steps"],
                 fraction=s["fraction"], baseline=s["baseline"], seed=s["seed"],
                 batch_size=s["batch_size"]).aopc
-        road = _road()  # its own removal (noisy linear imputation) and fractions
-        accepted = inspect.signature(road).parameters
-        kwargs = {k: s[k] for k in ("seed", "batch_size") if k in accepted}
-        return road(self.predictor, x, relevance, target, **kwargs).aopc
-
-
-def _road() -> Callable:
-    try:
-        from tf_lrp.evaluate import road
-    except ImportError:
-        raise InputError("metric 'road' needs tf_lrp.evaluate.road, which this tf_lrp does not "
-                         "have; use metric='aopc'") from None
-    return road
+        # ROAD brings its own removal (noisy linear imputation) and fractions
+        return evaluate.road(self.predictor, x, relevance, target, seed=s["seed"],
+                             batch_size=s["batch_size"]).aopc
 
 
 def score(model, composite, x, y=None, *, masks=None, metric: str = "aopc", baseline=0.0,
