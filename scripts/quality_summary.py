@@ -13,11 +13,12 @@ paired per sample (mean ± standard error).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from tf_lrp.evaluate import mean_se
+from tf_lrp.evaluate.tables import fmt
 from tf_lrp.tuning.scoring import split_indices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,11 +30,6 @@ MODELS = (("scenes_vgg", "scenes"), ("scenes_resnet", "scenes"), ("shapes_resnet
 PRESETS = ("epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1", "deep_taylor",
            "attn_lrp", "cp_lrp")
 KEYS = {"aopc": "aopc_per_sample", "mass": "mass_per_sample", "road": "road_morf_per_sample"}
-
-
-def mean_se(v: np.ndarray) -> tuple[float, float]:
-    v = v[np.isfinite(v)]
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
 
 
 def scores(method: dict, metric: str, test: np.ndarray) -> np.ndarray | None:
@@ -70,17 +66,18 @@ def main() -> None:
                        if p in methods and p in tried}
             presets = {p: s for p, s in presets.items() if s is not None}
             best = max(presets, key=lambda p: np.nanmean(presets[p]))
-            diff = mean_se(tuned - presets[best])
+            gain = tuned - presets[best]
+            diff = mean_se(gain[np.isfinite(gain)])
             cells = []
             for g in ("integrated_gradients", "smoothgrad"):
                 s = scores(methods[g], metric, test) if g in methods else None
-                cells.append("n/a" if s is None else "{:.3f} ± {:.3f}".format(*mean_se(s)))
+                cells.append("n/a" if s is None else fmt(s))
             what = meta["name"] if meta["name"] != "search" else "search: " + ", ".join(
                 f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in meta["params"].items())
             rows.append(
-                f"| {stem} | {metric} (n={len(test)}) | {'{:.3f} ± {:.3f}'.format(*mean_se(tuned))}"
-                f" ({what}) | {'{:.3f} ± {:.3f}'.format(*mean_se(presets[best]))} ({best}) | "
+                f"| {stem} | {metric} (n={len(test)}) | {fmt(tuned)} ({what}) | "
+                f"{fmt(presets[best])} ({best}) | "
                 f"{diff[0]:+.3f} ± {diff[1]:.3f} | {cells[0]} | {cells[1]} | "
                 f"{cost(methods[name])}, {cost(methods.get('integrated_gradients', {}))}, "
                 f"{cost(methods.get('smoothgrad', {}))} |")
