@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tf_lrp import composites, concepts, plan, weightless
 from tf_lrp import rules as lrp_rules
-from tf_lrp.base import BaseAnalyzer, _carry_mask, _traced
+from tf_lrp.base import BaseAnalyzer, _carry_mask, _specializes, _traced
 from tf_lrp.errors import UnsupportedLayerError
 from tf_lrp.graph import Node
 
@@ -93,7 +93,7 @@ class Analyzer(BaseAnalyzer):
     relevance_filter
         ``None`` (off) or a fraction in (0, 1]: before every layer with weights, only the top
         fraction of relevance values of each sample (largest values) pass; the others are set to 0.
-    output, batch_size, jit_compile
+    output, batch_size, jit_compile, input_shapes
         See :class:`BaseAnalyzer`.
     **composite_kwargs
         Arguments of a composite given by name.
@@ -107,7 +107,8 @@ class Analyzer(BaseAnalyzer):
 
     def __init__(self, model, composite=None, *, start: str = "output",
                  relevance_filter: float | None = None, output: int | str | None = None,
-                 batch_size: int | None = None, jit_compile: bool = False, **composite_kwargs):
+                 batch_size: int | None = None, jit_compile: bool = False,
+                 input_shapes: list[tuple] | None = None, **composite_kwargs):
         if start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
         if relevance_filter is not None and not 0 < relevance_filter <= 1:
@@ -115,7 +116,8 @@ class Analyzer(BaseAnalyzer):
         self.composite = composites.as_composite(composite, composite_kwargs)
         self.start = start
         self.relevance_filter = relevance_filter
-        super().__init__(model, output=output, batch_size=batch_size, jit_compile=jit_compile)
+        super().__init__(model, output=output, batch_size=batch_size, jit_compile=jit_compile,
+                         input_shapes=input_shapes)
         self.rules = self._assign_rules()
         self._silent = plan.silent_negatives(self.graph, self.rules)
         self._chains = plan.input_chains(self.graph)
@@ -309,6 +311,7 @@ class Analyzer(BaseAnalyzer):
         return out
 
     # ---------------------------------------------------------------- concepts (CRP)
+    @_specializes
     def __call__(self, x, target=None, conditions: dict | None = None):
         """Explain ``x`` (see :meth:`tf_lrp.base.BaseAnalyzer.__call__`).
 
@@ -325,6 +328,7 @@ class Analyzer(BaseAnalyzer):
         out = self.conditional(x, target, [conditions])
         return [r[:, 0] for r in out] if isinstance(out, list) else out[:, 0]
 
+    @_specializes
     def conditional(self, x, target=None, conditions=()) -> np.ndarray | list[np.ndarray]:
         """Conditional heatmaps (Concept Relevance Propagation, Achtibat et al. 2023).
 
@@ -372,6 +376,7 @@ class Analyzer(BaseAnalyzer):
     def _conditional(self, xs, targets, masks):
         return self._backward(xs, targets, masks=masks)[0]
 
+    @_specializes
     def concept_relevance(self, x, target=None, layer: str = "") -> np.ndarray:
         """The relevance of every channel of ``layer`` per sample: ``(n, channels)``, summed over
         the other axes (positions). They sum to the relevance reaching the layer."""
@@ -379,6 +384,7 @@ class Analyzer(BaseAnalyzer):
         r = self.layerwise(x, target)[node.name]
         return r.reshape(r.shape[0], -1, r.shape[-1]).sum(axis=1)
 
+    @_specializes
     def layerwise(self, x, target=None) -> dict[str, np.ndarray]:
         """Relevance at every node's output (and at the input), for conservation checks.
 

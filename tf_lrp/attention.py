@@ -32,7 +32,7 @@ from keras import layers as kl
 
 from tf_lrp import keras_adapter
 from tf_lrp.graph import Graph, Node
-from tf_lrp.rules import AttnSoftmax, Bilinear, NoRelevance, Rule
+from tf_lrp.rules import AttnSoftmax, Bilinear, HeldConstant, NoRelevance, Rule, UniformProduct
 
 Tensor = tf.Tensor
 
@@ -76,6 +76,8 @@ def default_rule(part: AttentionPart) -> Rule:
         return Bilinear()
     if isinstance(part, AttentionSoftmax):
         return AttnSoftmax()
+    if getattr(part, "held", None) is not None:  # tf_lrp.structure's products
+        return HeldConstant() if part.held_by_default else UniformProduct()
     return NoRelevance()
 
 

@@ -26,7 +26,48 @@ from tf_lrp.graph import Graph, Node, build_graph
 Tensor = tf.Tensor
 
 
-class BaseAnalyzer:
+class _NeedsShapes(Exception):
+    """Raised by :class:`BaseAnalyzer` when the graph can only be built for known input sizes."""
+
+
+class _PerShape(type):
+    """Metaclass of the analyzers: an analyzer whose model can only be walked for known input
+    sizes (a custom layer that builds a causal mask with ``ops.arange(sequence_length)``) is
+    created *deferred*; its first call builds the analyzer for that input's shape
+    (:meth:`BaseAnalyzer.for_shape`), and later calls reuse it."""
+
+    def __call__(cls, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except _NeedsShapes as needs:
+            obj = cls.__new__(cls)
+            obj._deferred = (args, kwargs)
+            obj._by_shape = {}
+            obj.model = needs.args[0]
+            obj.batch_size = kwargs.get("batch_size")
+            return obj
+
+
+def _specializes(method):
+    """Run ``method`` on the analyzer built for ``x``'s shape when this one is deferred."""
+
+    @functools.wraps(method)
+    def wrapper(self, x, *args, **kwargs):
+        if self.__dict__.get("_deferred") is not None:
+            return getattr(self.for_shape(_shapes_of(x)), method.__name__)(x, *args, **kwargs)
+        return method(self, x, *args, **kwargs)
+
+    return wrapper
+
+
+def _shapes_of(x) -> list[tuple]:
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    if isinstance(x, dict):
+        raise InputError("pass the inputs as a list in the model's input order, not a dict")
+    return [tuple(np.shape(a)[1:]) for a in xs]
+
+
+class BaseAnalyzer(metaclass=_PerShape):
     """Shared machinery of all analyzers (LRP and the gradient baselines).
 
     Parameters
@@ -42,6 +83,11 @@ class BaseAnalyzer:
         smaller step.
     jit_compile
         Compile the traced function with XLA (off by default: slower on CPU in our tests).
+    input_shapes
+        The sizes of the model's inputs (without the batch axis) where the model leaves some
+        open. Needed only where a custom layer can be flattened for known sizes alone (a causal
+        mask built from the sequence length); without it, such an analyzer is built on its first
+        call for that input's shape, and again for each new shape (:meth:`for_shape`).
 
     Notes
     -----
@@ -49,7 +95,8 @@ class BaseAnalyzer:
     """
 
     def __init__(self, model, *, output: int | str | None = None,
-                 batch_size: int | None = None, jit_compile: bool = False):
+                 batch_size: int | None = None, jit_compile: bool = False,
+                 input_shapes: list[tuple] | None = None):
         if isinstance(model, (str, os.PathLike)):
             from tf_lrp.io import load_model
 
@@ -69,7 +116,13 @@ class BaseAnalyzer:
         self.model = model
         self.batch_size = batch_size
         self._memory_cap: int | None = None  # lowered when a step runs out of memory
-        self.graph: Graph = canonizers.canonize(build_graph(model))
+        self._deferred = None
+        shapes = None if input_shapes is None else [tuple(s) for s in input_shapes]
+        graph = build_graph(model, shapes)
+        if graph.needs_shapes and shapes is None and \
+                any(d is None for s in graph.input_shapes for d in s):
+            raise _NeedsShapes(model)
+        self.graph: Graph = canonizers.canonize(graph)
         self._output_key = self._select_output(output)
         out_shape = self.graph.shapes.get(self._output_key, (None,))[1:]
         self.num_outputs = math.prod(out_shape) if all(d is not None for d in out_shape) else None
@@ -81,6 +134,30 @@ class BaseAnalyzer:
         self._explain_fn = _traced(self._explain, [specs, tf.TensorSpec([None], tf.int32)],
                                    jit_compile)
         self._predict_fn = _traced(self._predict, [specs])
+
+    def for_shape(self, input_shapes: list[tuple]) -> BaseAnalyzer:
+        """This analyzer built for inputs of the given sizes (without the batch axis).
+
+        For a deferred analyzer (see ``input_shapes``) the result is built once per shape and
+        kept; for any other, the analyzer itself.
+        """
+        if self.__dict__.get("_deferred") is None:
+            return self
+        key = tuple(tuple(s) for s in input_shapes)
+        if key not in self._by_shape:
+            args, kwargs = self._deferred
+            self._by_shape[key] = type(self)(*args, **{**kwargs, "input_shapes": list(key)})
+        return self._by_shape[key]
+
+    def __getattr__(self, name: str):
+        # only reached for attributes that do not exist: on a deferred analyzer, the ones the
+        # graph would give
+        if name.startswith("__") or self.__dict__.get("_deferred") is None:
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{type(self).__name__}.{name} depends on the input sizes: this model's graph is "
+            "built per input shape (a custom layer needs known sizes). Fix: call the analyzer "
+            "on inputs first, or use analyzer.for_shape([shape, ...])")
 
     @property
     def token_inputs(self) -> tuple[int, ...]:
@@ -223,12 +300,14 @@ class BaseAnalyzer:
             lo += step
         return out
 
+    @_specializes
     def predict(self, x) -> np.ndarray:
         """The explained output (logits: a final softmax is stripped) as ``(batch, outputs)``."""
         xs = self._prepare(x)
         parts = self._map_batches(lambda lo, chunk: self._predict_fn(chunk).numpy(), xs)
         return np.concatenate(parts)
 
+    @_specializes
     def __call__(self, x, target=None):
         """Explain ``x``.
 

@@ -18,6 +18,8 @@ They run in this order (:func:`canonize`):
    cannot be folded stays an elementwise affine layer (relevance passes it).
 5. :func:`linearize_normalizations`: LayerNormalization, GroupNormalization and
    UnitNormalization compute the same output with their normalizing scale held constant.
+6. :func:`mark_parts`: the attention products, attention softmax, normalizing factors and
+   gated units of flattened custom layers, recognised by structure (:mod:`tf_lrp.structure`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import warnings
 
 from keras import layers as kl
 
-from tf_lrp import attention, recurrent, weightless
+from tf_lrp import attention, recurrent, structure, weightless
 from tf_lrp import layers as lrp_layers
 from tf_lrp.graph import Graph, Node
 
@@ -233,10 +235,16 @@ def linearize_normalizations(graph: Graph) -> Graph:
     return graph
 
 
+def mark_parts(graph: Graph) -> Graph:
+    """Mark the attention, normalization and gating parts of flattened blocks by structure
+    (:func:`tf_lrp.structure.mark_parts`)."""
+    return structure.mark_parts(graph)
+
+
 def canonize(graph: Graph) -> Graph:
     """Run every canonizer in order (see the module docstring)."""
-    for step in (expand_attention, unroll_recurrent, attach_linear_parts, split_activations, strip_softmax, fold_batchnorm,
-                 linearize_normalizations):
+    for step in (expand_attention, unroll_recurrent, attach_linear_parts, split_activations,
+                 strip_softmax, fold_batchnorm, linearize_normalizations, mark_parts):
         graph = step(graph)
     return graph
 
@@ -248,6 +256,7 @@ __all__ = [
     "canonize",
     "fold_batchnorm",
     "linearize_normalizations",
+    "mark_parts",
     "split_activations",
     "strip_softmax",
 ]

@@ -12,13 +12,14 @@ gets one node per call (its name gets a ``:1``, ``:2`` ... suffix after the firs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
 
-from tf_lrp import keras_adapter
+from tf_lrp import flatten, keras_adapter
 from tf_lrp.errors import UnsupportedLayerError
 
 Tensor = tf.Tensor
@@ -61,6 +62,12 @@ class Node:
     roles: list[str] | None = None
     options: dict | None = None
     recurrent: object | None = None
+    #: why the node's custom layer could not be flattened (:mod:`tf_lrp.flatten`)
+    refusal: str | None = None
+    #: the node's output does not depend on its inputs' values (no relevance reaches them)
+    constant: bool = False
+    #: no relevance reaches the node's outputs (they only feed masks and held factors)
+    inert: bool = False
 
 
 @dataclass
@@ -77,6 +84,9 @@ class Graph:
     shapes: dict[int, tuple] = field(default_factory=dict)
     #: keys of tensors that carry a Keras mask (``Embedding(mask_zero=True)``, ``Masking``)
     masked: set[int] = field(default_factory=set)
+    #: a custom layer could not be flattened while some input sizes were unknown
+    #: (:class:`tf_lrp.base.BaseAnalyzer` then builds the graph per input shape)
+    needs_shapes: bool = False
     _next_key: int = field(default=0, repr=False)
 
     def new_key(self) -> int:
@@ -115,13 +125,18 @@ def _functional(model: keras.Model, name: str):
     )
 
 
-def build_graph(model: keras.Model) -> Graph:
-    """Walk ``model`` (Functional, Sequential, nested) into a :class:`Graph`.
+def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None) -> Graph:
+    """Walk ``model`` (Functional, Sequential, nested; custom layers flattened) into a
+    :class:`Graph`.
 
     Parameters
     ----------
     model
         A built Keras 3 model.
+    input_shapes
+        Sizes of the model's inputs without the batch axis, where the model leaves some open
+        (a sequence length): the model is then called once on symbolic inputs of these sizes,
+        and every layer is walked as called on them. ``None``: the model's own graph.
 
     Raises
     ------
@@ -133,43 +148,120 @@ def build_graph(model: keras.Model) -> Graph:
     fn = _functional(model, model.name)
     graph = Graph([], [], [], [], [], [], [])
     keys: dict[int, int] = {}
-    for kt in fn.inputs:
+    inputs, outputs = list(fn.inputs), list(fn.outputs)
+    names = [keras_adapter.tensor_name(kt) for kt in inputs]
+    out_names = [keras_adapter.tensor_name(kt) for kt in outputs]
+    if input_shapes is not None:
+        call = keras_adapter.functional_node(fn)
+        done = flatten.flatten(fn, call, [(None, *s) for s in input_shapes])
+        if done.reason:
+            raise UnsupportedLayerError(f"model {model.name!r} could not be called on inputs of "
+                                        f"shape {input_shapes}: {done.reason}")
+        inputs, outputs, triples = done.inputs, done.outputs, done.nodes
+        # sizes that symbolic shapes lose (an EinsumDense declares ``None`` for the sequence)
+        # are learnt by running every node once on a small batch of zeros
+        values = {}
+    else:
+        triples = list(keras_adapter.nodes_in_order(fn))
+        values = None
+    for kt, name in zip(inputs, names):
         keys[id(kt)] = graph.new_key()
         graph.shapes[keys[id(kt)]] = tuple(kt.shape)
         graph.inputs.append(keys[id(kt)])
         graph.input_shapes.append(tuple(kt.shape[1:]))
         graph.input_dtypes.append(str(kt.dtype))
-        graph.input_names.append(keras_adapter.tensor_name(kt))
-    counts: dict[int, int] = {}
-    _walk(fn, keys, "", graph, counts)
-    graph.outputs = [keys[id(kt)] for kt in fn.outputs]
-    graph.output_names = [keras_adapter.tensor_name(kt) for kt in fn.outputs]
+        graph.input_names.append(name)
+        if values is not None:
+            values[keys[id(kt)]] = tf.zeros((2, *kt.shape[1:]), kt.dtype)
+    _walk(triples, keys, "", graph, {}, {}, values)
+    graph.outputs = [keys[id(kt)] for kt in outputs]
+    graph.output_names = out_names
     return graph
 
 
-def _walk(fn, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int, int]) -> None:
-    for node, inputs, outputs in keras_adapter.nodes_in_order(fn):
+_IDENTITIES = keras_adapter.op_classes("ConvertToTensor", "Cast", "Identity")
+
+
+def _op_name(op, prefix: str, counts: dict, used: dict) -> str:
+    """``prefix + name``: a layer's own name (``:i`` for its i-th further call), or for a raw
+    operation its class in snake case numbered within the block (``add``, ``add_1``): stable
+    across builds, unlike the global counters Keras names operations with."""
+    if isinstance(op, keras.layers.Layer):
+        n = counts.get(id(op), 0)
+        counts[id(op)] = n + 1
+        return prefix + op.name + (f":{n}" if n else "")
+    base = prefix + re.sub(r"(?<!^)(?=[A-Z])", "_", type(op).__name__).lower()
+    n = used.get(base, 0)
+    used[base] = n + 1
+    return base + (f"_{n}" if n else "")
+
+
+def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int, int],
+          used: dict[str, int], values: dict | None = None) -> None:
+    """Add the nodes of ``triples`` to ``graph``, flattening custom layers and nested models.
+
+    ``values`` (a graph built for known input sizes): every tensor's value on a batch of zeros,
+    whose sizes replace the unknown ones of the symbolic shapes a custom layer is flattened
+    with.
+    """
+    for node, inputs, outputs in triples:
         op = node.operation
         in_keys = [keys[id(kt)] for kt in inputs]
+        sizes = None if values is None else [(None, *values[k].shape[1:]) for k in in_keys]
         if isinstance(op, keras.Model):
-            inner = _functional(op, prefix + op.name)
-            for kt, k in zip(inner.inputs, in_keys):
+            inner_triples, inner_in, inner_out = _model_parts(op, node, prefix, sizes)
+            for kt, k in zip(inner_in, in_keys):
                 keys[id(kt)] = k
-            _walk(inner, keys, prefix + op.name + "/", graph, counts)
-            for kt_outer, kt_inner in zip(outputs, inner.outputs):
+            _walk(inner_triples, keys, prefix + op.name + "/", graph, counts, {}, values)
+            for kt_outer, kt_inner in zip(outputs, inner_out):
                 keys[id(kt_outer)] = keys[id(kt_inner)]
             continue
+        if isinstance(op, _IDENTITIES) and len(inputs) == 1 and len(outputs) == 1 and \
+                inputs[0].dtype == outputs[0].dtype and tuple(inputs[0].shape) == \
+                tuple(outputs[0].shape):
+            keys[id(outputs[0])] = in_keys[0]  # a no-op (Functional.call's ConvertToTensor)
+            continue
+        name = _op_name(op, prefix, counts, used)
+        if flatten.is_custom(op):
+            done = flatten.flatten(op, node, sizes)
+            if done.reason is None and not done.constant:
+                for kt, k in zip(done.inputs, in_keys):
+                    keys[id(kt)] = k
+                _walk(done.nodes, keys, name + "/", graph, {}, {}, values)
+                for kt_outer, kt_inner in zip(outputs, done.outputs):
+                    keys[id(kt_outer)] = keys[id(kt_inner)]
+                continue
+            graph.needs_shapes = graph.needs_shapes or done.shape_dependent
+        else:
+            done = None
         out_keys = []
         for kt in outputs:
             keys[id(kt)] = graph.new_key()
             graph.shapes[keys[id(kt)]] = tuple(kt.shape)
             out_keys.append(keys[id(kt)])
-        n = counts.get(id(op), 0)
-        counts[id(op)] = n + 1
-        name = prefix + op.name + (f":{n}" if n else "")
         for kt, k in zip(outputs, out_keys):
             if keras_adapter.mask_of(kt) is not None:
                 graph.masked.add(k)
-        graph.nodes.append(Node(name, op, in_keys, out_keys, keras_adapter.node_call(node),
-                                roles=keras_adapter.input_roles(node),
-                                options=keras_adapter.static_kwargs(node)))
+        new = Node(name, op, in_keys, out_keys, keras_adapter.node_call(node),
+                   roles=keras_adapter.input_roles(node),
+                   options=keras_adapter.static_kwargs(node),
+                   refusal=done.reason if done else None, constant=bool(done and done.constant))
+        graph.nodes.append(new)
+        if values is not None and new.refusal is None:
+            values.update(zip(out_keys, new.call([values[k] for k in in_keys])))
+
+
+def _model_parts(model: keras.Model, node, prefix: str, sizes: list[tuple] | None):
+    """The parts of a nested model called at ``node``: its own graph, or, where the node's
+    inputs have other ``sizes`` than the model's inputs (a graph built for known sizes), the
+    model called again on inputs of those sizes."""
+    fn = _functional(model, prefix + model.name)
+    own = [tuple(kt.shape) for kt in fn.inputs]
+    wanted = sizes or [tuple(kt.shape) for kt in node.input_tensors]
+    if own == wanted or len(own) != len(wanted):
+        return list(keras_adapter.nodes_in_order(fn)), list(fn.inputs), list(fn.outputs)
+    done = flatten.flatten(fn, keras_adapter.functional_node(fn), wanted)
+    if done.reason:
+        raise UnsupportedLayerError(f"model {prefix + model.name!r} could not be called on "
+                                    f"inputs of shape {wanted}: {done.reason}")
+    return done.nodes, done.inputs, done.outputs

@@ -8,6 +8,7 @@ that moves them is repaired in one module. :mod:`tf_lrp.graph` and :mod:`tf_lrp.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,6 +56,169 @@ def node_call(node) -> Callable[[list], list]:
         return keras.tree.flatten(op(*args, **kwargs))
 
     return call
+
+
+def _unbroadcast_none(shape) -> tuple | None:
+    """``shape`` with every unknown (``None``) size replaced by 1, or ``None`` if it has none."""
+    if not isinstance(shape, (list, tuple)) or not any(d is None for d in shape):
+        return None
+    return tuple(1 if d is None else d for d in shape)
+
+
+class ReshapeKeepingSizes(keras.Operation):
+    """``reshape(x, shape)`` where ``shape`` has several unknown sizes: each unknown size at
+    position ``i`` is ``x``'s size at ``i``, read when the operation runs (the leading axes
+    that ``ops.reshape(x, (batch, length, heads, dim))`` keeps)."""
+
+    def __init__(self, newshape):
+        super().__init__()
+        self.newshape = tuple(newshape)
+
+    def call(self, x):
+        import tensorflow as tf
+
+        shape = [tf.shape(x)[i] if d is None else d for i, d in enumerate(self.newshape)]
+        return tf.reshape(x, tf.stack(shape))
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(self.newshape, dtype=x.dtype)
+
+
+@contextlib.contextmanager
+def _free_batch_ops():
+    """Let ``keras.ops.broadcast_to`` and ``keras.ops.reshape`` take shapes with unknown
+    (``None``) sizes.
+
+    Layers compute shapes with ``ops.shape(x)[0]``, which is ``None`` for a free batch axis on
+    symbolic tensors; ``ops.broadcast_to(mask, (None, L, L))`` then fails. Inside this scope
+    such a call becomes ``x + zeros(shape with None -> 1)`` (``logical_or`` with ``False`` for
+    booleans): the same values wherever the result is later broadcast against the batch, and
+    an operation that replays on any batch size. ``ops.reshape(x, ops.shape(y))`` with one
+    unknown size reshapes to ``-1`` there; with several, to the sizes ``x`` has on those axes
+    (:class:`ReshapeKeepingSizes`).
+    """
+    from keras import ops
+
+    original, original_reshape = ops.broadcast_to, ops.reshape
+
+    def reshape(x, newshape):
+        unknown = sum(d is None for d in newshape) if isinstance(newshape, (list, tuple)) else 0
+        if unknown == 1 and -1 not in newshape:
+            newshape = tuple(-1 if d is None else d for d in newshape)
+        elif unknown > 1 and isinstance(x, keras.KerasTensor) and all(
+                i < len(x.shape) for i, d in enumerate(newshape) if d is None):
+            return ReshapeKeepingSizes(newshape)(x)
+        return original_reshape(x, newshape)
+
+    def broadcast_to(x, shape):
+        ones = _unbroadcast_none(shape)
+        if ones is None:
+            return original(x, shape)
+        x = ops.convert_to_tensor(x) if not isinstance(x, keras.KerasTensor) else x
+        if x.dtype == "bool":
+            return ops.logical_or(x, ops.zeros(ones, "bool"))
+        return ops.add(x, ops.zeros(ones, x.dtype))
+
+    ops.broadcast_to, ops.reshape = broadcast_to, reshape
+    try:
+        yield
+    finally:
+        ops.broadcast_to, ops.reshape = original, original_reshape
+
+
+def symbolic_call(layer, node, shapes: list[tuple] | None = None, own_call: bool = True):
+    """Call ``layer`` on fresh symbolic inputs shaped like ``node``'s, so that its sublayers and
+    ``keras.ops`` record nodes of their own.
+
+    Parameters
+    ----------
+    layer
+        The operation of ``node`` (a custom layer, or a model).
+    node
+        One recorded call of ``layer``; its non-tensor arguments are kept.
+    shapes
+        The shapes (batch axis included, ``None`` for it) of the fresh inputs; default: those of
+        the node's input tensors.
+    own_call
+        Call ``layer.call`` (its body: sublayers and ops become nodes) rather than ``layer(...)``.
+
+    Returns
+    -------
+    inputs, outputs
+        The fresh input KerasTensors (in the order of the node's input tensors) and the
+        flattened list of output KerasTensors.
+    """
+    kts = list(node.input_tensors)
+    shapes = shapes or [tuple(kt.shape) for kt in kts]
+    fresh = {id(kt): keras.Input(batch_shape=tuple(s), dtype=kt.dtype)
+             for kt, s in zip(kts, shapes)}
+    args, kwargs = node.arguments.fill_in(fresh)
+    fn = layer.call if own_call else layer
+    kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+    if getattr(layer, "_call_has_training_arg", False):
+        kwargs["training"] = False
+    with _free_batch_ops(), keras.name_scope(layer.name):
+        outputs = fn(*args, **kwargs)
+    return [fresh[id(kt)] for kt in kts], keras.tree.flatten(outputs)
+
+
+def functional_node(fn):
+    """A stand-in for a call of the functional model ``fn`` on its own inputs (for
+    :func:`symbolic_call`): ``input_tensors`` and ``arguments`` in the model's input structure."""
+    from types import SimpleNamespace
+
+    from keras.src.ops.symbolic_arguments import SymbolicArguments
+
+    return SimpleNamespace(input_tensors=list(fn.inputs),
+                           arguments=SymbolicArguments(fn._inputs_struct))
+
+
+def recorded_nodes(inputs: list, outputs: list) -> list[tuple[Any, list, list]]:
+    """``(node, input KerasTensors, output KerasTensors)`` of every operation call that leads
+    from ``inputs`` to ``outputs``, in topological order (what :func:`symbolic_call` recorded).
+
+    The recorded nodes are then detached from their operations, so that calling a layer
+    symbolically leaves no trace on the model.
+
+    Raises
+    ------
+    ValueError
+        If an output depends on a symbolic tensor that is not one of ``inputs``.
+    """
+    stop = {id(kt) for kt in inputs}
+    order, seen = [], set()
+
+    def node_of(kt):
+        history = getattr(kt, "_keras_history", None)
+        if history is None or history.operation is None:
+            raise ValueError(f"the symbolic tensor {kt.name!r} does not come from the inputs")
+        return history.operation._inbound_nodes[history.node_index]
+
+    for out in outputs:  # depth-first, iteratively (deep models have thousands of nodes)
+        if id(out) in stop:
+            continue
+        stack = [(node_of(out), False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.append((node, True))
+            for t in reversed(node.input_tensors):
+                if id(t) not in stop and id(node_of(t)) not in seen:
+                    stack.append((node_of(t), False))
+    for node in order:  # detach: the model's own node lists stay as they were
+        op = node.operation
+        if node in op._inbound_nodes:
+            op._inbound_nodes.remove(node)
+        for kt in node.input_tensors:
+            parent = getattr(kt._keras_history, "operation", None)
+            if parent is not None and node in parent._outbound_nodes:
+                parent._outbound_nodes.remove(node)
+    return [(node, list(node.input_tensors), list(node.outputs)) for node in order]
 
 
 def input_roles(node) -> list[str]:
@@ -141,13 +305,13 @@ def op_classes(*names: str) -> tuple[type, ...]:
 
     ``x + y`` on symbolic tensors records a node whose operation is an instance of a private
     class (``keras.src.ops.numpy.Add``); these are looked up in ``keras.src.ops.numpy``,
-    ``keras.src.ops.nn`` and ``keras.src.ops.core``. Names a Keras version lacks are skipped.
+    ``keras.src.ops.nn``, ``keras.src.ops.core`` and ``keras.src.ops.math``. Names a Keras version lacks are skipped.
     """
-    from keras.src.ops import core, nn, numpy
+    from keras.src.ops import core, math, nn, numpy
 
     found = []
     for name in names:
-        for module in (numpy, nn, core):
+        for module in (numpy, nn, core, math):
             cls = getattr(module, name, None)
             if isinstance(cls, type):
                 found.append(cls)

@@ -90,25 +90,29 @@ def assign_rules(graph: Graph, composite: composites.Composite, ranges: dict
             after_weights[k] = weighted or embedding or \
                 any(after_weights.get(k2, False) for k2 in node.inputs)
         node_facts = facts(graph, node, ranges)
-        refused = _refused(node)
+        refused = node.refusal or _refused(node)
         if refused:
             problems.append((node, refused))
             continue
-        if node.kind == "activation":
+        if node.constant:
+            rule = _FIXED[weightless.NONE]  # its output does not depend on its inputs
+        elif node.kind == "activation":
             rule = _FIXED[weightless.PASS]
         elif node.recurrent is not None:
-            rule = composite.rule_for(node.layer, first=False, weighted=True)
+            rule = composite.rule_for_node(node, first=False, weighted=True)
             rule = None if rule is None else recurrent.RecurrentRule(rule)
         elif isinstance(node.layer, attention.AttentionPart):
-            rule = composite.rule_for(node.layer, first=False, weighted=False) or \
+            rule = composite.rule_for_node(node, first=False, weighted=False) or \
                 attention.default_rule(node.layer)
         elif embedding:
-            rule = composite.rule_for(node.layer, first=False, weighted=False) or \
+            rule = composite.rule_for_node(node, first=False, weighted=False) or \
                 lrp_rules.EmbeddingSum()
         else:
-            rule = composite.rule_for(node.layer, first=first, weighted=weighted)
+            rule = composite.rule_for_node(node, first=first, weighted=weighted)
             if rule is None and not weighted:
                 rule = _fixed_rule(node, node_facts.gates)
+        if rule is None and node.inert:
+            rule = _FIXED[weightless.NONE]  # nothing reaches it (a mask, a norm's variance)
         if rule is None:
             problems.append((node, "has weights but no rule in the composite" if weighted
                              else "is not a layer type tf_lrp knows"))

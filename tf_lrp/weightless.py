@@ -7,9 +7,11 @@ its class:
   activation of a Dense/Conv, or as ``keras.ops`` nodes) and elementwise affine or scale layers
   (Rescaling, Normalization, LayerScale, a BatchNormalization that cannot be folded).
 * ``ROUTE``: relevance follows the ordinary gradient: the winner of max pooling, reshapes,
-  transposes, slices, concatenation, padding and cropping, dropout and noise layers.
+  transposes, slices, splits, gathers (``take``), ``broadcast_to``, ``where``, casts,
+  concatenation, padding and cropping, dropout and noise layers.
 * ``PROPORTIONAL``: LRP-0 in proportion to the inputs: average pooling, ``Add``, ``Subtract``,
-  ``Average``, ``x + y``, ``x - y``, ``ops.mean``, a product with a constant.
+  ``Average``, ``x + y``, ``x - y``, ``ops.mean``, a product with a constant, an
+  ``einsum``/``matmul`` with a constant or weight operand (a linear map).
 * ``PRODUCT``: a product of tensors (``Multiply``, ``x * y``): a gate (a factor whose values are
   known to lie in [0, 1]: a sigmoid, hard sigmoid or softmax) gets no relevance and the other
   factors share all of it (Arras et al. 2017, "signal-take-all"); without a gate the factors
@@ -48,9 +50,12 @@ NONE = "none"
 _op = keras_adapter.op_classes
 _app = keras_adapter.application_layer_classes
 
-#: operations that compute masks (comparisons, logical operations): no relevance reaches them
+#: operations that compute masks (comparisons, logical operations) or read only their input's
+#: shape (``zeros_like``): no relevance reaches them
 MASKING = _op("NotEqual", "Equal", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd",
-              "LogicalOr", "LogicalNot", "LogicalXor", "Any", "All", "IsNan", "IsFinite")
+              "LogicalOr", "LogicalNot", "LogicalXor", "Any", "All", "IsNan", "IsFinite",
+              # outputs that depend on the input's shape only
+              "ZerosLike", "OnesLike", "FullLike", "Shape")
 
 _ACTIVATION_LAYERS = (kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl.Softmax)
 _ACTIVATION_OPS = _op("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu",
@@ -70,7 +75,10 @@ _RESHAPING = (
     kl.Flatten, kl.Reshape, kl.Permute, kl.RepeatVector, kl.Concatenate,
     kl.Cropping1D, kl.Cropping2D, kl.Cropping3D, *_PADDING,
     *_op("Reshape", "Transpose", "Squeeze", "ExpandDims", "Concatenate", "GetItem", "Stack",
-         "Tile", "Repeat", "Cast", "MoveAxis", "SwapAxes"),
+         "Tile", "Repeat", "Cast", "MoveAxis", "Moveaxis", "SwapAxes", "Swapaxes", "Pad", "Split", "Slice", "Unstack",
+         "BroadcastTo", "Where", "Take", "TakeAlongAxis", "Roll", "Flip", "Tril", "Triu",
+         "ConvertToTensor", "Identity"),
+    keras_adapter.ReshapeKeepingSizes,
 )
 _MAXIMUM = (kl.Maximum, kl.Minimum, *_op("Maximum", "Minimum", "Max", "Min"))
 _AVERAGING = (
@@ -82,6 +90,9 @@ _ADD_OPS, _SUBTRACT_OPS = _op("Add"), _op("Subtract")  # x + y; with one tensor,
 _SUMS = (kl.Add, *_ADD_OPS, *_app("CustomScaleLayer"))
 _DIFFERENCES = (kl.Subtract, *_SUBTRACT_OPS)
 _SCALINGS = _op("Multiply", "TrueDivide", "Divide", "Negative")  # with one tensor: x * c, x / c
+#: products with a constant or weight operand (one tensor: a linear map, LRP-0); with two
+#: tensors they are bilinear (:mod:`tf_lrp.structure` marks them as attention parts)
+_LINEAR_OPS = _op("Einsum", "Matmul", "Dot", "Tensordot")
 _PRODUCTS = (kl.Multiply, *_op("Multiply"))
 _NORMALIZATIONS = (kl.LayerNormalization, kl.GroupNormalization, kl.UnitNormalization,
                    *([kl.RMSNormalization] if hasattr(kl, "RMSNormalization") else []))
@@ -106,7 +117,7 @@ def handling(layer, n_inputs: int = 1) -> str | None:
         How many tensors the node reads: a product with one tensor (``x * 0.5``, ``x / 255``)
         is a scaling (``PROPORTIONAL``); with several, a ``PRODUCT``.
     """
-    if isinstance(layer, _SCALINGS) and n_inputs == 1:
+    if isinstance(layer, _SCALINGS + _LINEAR_OPS) and n_inputs == 1:
         return PROPORTIONAL
     if isinstance(layer, _PRODUCTS):
         return PRODUCT

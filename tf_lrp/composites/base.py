@@ -39,16 +39,22 @@ class Composite:
         """
         raise NotImplementedError
 
+    def rule_for_node(self, node, *, first: bool, weighted: bool) -> Rule | None:
+        """The rule for a graph node (:class:`tf_lrp.graph.Node`); by default
+        :meth:`rule_for` of its layer. Composites that match names also match the node's full
+        name (``block_0/self_attention/query`` inside a flattened custom layer)."""
+        return self.rule_for(node.layer, first=first, weighted=weighted)
 
-def _matches(layer, key) -> bool:
+
+def _matches(layer, key, name: str | None = None) -> bool:
     """Whether ``key`` (a class, a tuple of classes, a layer name or a class name, a
     :class:`ClassName`) names ``layer``."""
     if isinstance(key, ClassName):
         return key.matches(layer)
     if isinstance(key, str):
-        return key in (getattr(layer, "name", None), type(layer).__name__)
+        return key in (name, getattr(layer, "name", None), type(layer).__name__)
     if isinstance(key, tuple) and any(isinstance(k, str) for k in key):
-        return any(_matches(layer, k) for k in key)
+        return any(_matches(layer, k, name) for k in key)
     return isinstance(layer, key)
 
 
@@ -115,13 +121,17 @@ class LayerMap(Composite):
             if not isinstance(rule, Rule):
                 raise TypeError(f"LayerMap: {rule!r} mapped to {classes!r} is not a tf_lrp rule")
 
-    def rule_for(self, layer, *, first: bool, weighted: bool) -> Rule | None:
+    def rule_for(self, layer, *, first: bool, weighted: bool, name: str | None = None
+                 ) -> Rule | None:
         if first and weighted and self.first is not None:
             return self.first
         for key, rule in self.mapping:
-            if _matches(layer, key):
+            if _matches(layer, key, name):
                 return rule
         return self.default if weighted else None
+
+    def rule_for_node(self, node, *, first: bool, weighted: bool) -> Rule | None:
+        return self.rule_for(node.layer, first=first, weighted=weighted, name=node.name)
 
     def __repr__(self) -> str:
         items = ", ".join(f"{_key_text(key)}: {r!r}" for key, r in self.mapping)
@@ -147,6 +157,11 @@ class Overrides(Composite):
         rule = self.overrides.rule_for(layer, first=False, weighted=False)
         return rule if rule is not None else self.base.rule_for(layer, first=first,
                                                                 weighted=weighted)
+
+    def rule_for_node(self, node, *, first: bool, weighted: bool) -> Rule | None:
+        rule = self.overrides.rule_for_node(node, first=False, weighted=False)
+        return rule if rule is not None else self.base.rule_for_node(node, first=first,
+                                                                     weighted=weighted)
 
     def __repr__(self) -> str:
         items = ", ".join(f"{_key_text(key)}: {r!r}" for key, r in self.overrides.mapping)

@@ -169,7 +169,9 @@ class CPLRP(LayerMap):
     """CP-LRP (Ali et al., ICML 2022, "XAI for Transformers: better explanations through
     conservative propagation"): the attention weights are held constant, so relevance flows
     through the values only (``A . v`` by epsilon, all of it to ``v``; nothing reaches the
-    scores or the softmax); the rest as in :class:`AttnLRP`.
+    scores or the softmax); as LXT defines it for gated models, the activated gate of a gated
+    linear unit is held constant too (all of ``act(gate) * up`` to ``up``); the rest as in
+    :class:`AttnLRP`.
 
     Parameters
     ----------
@@ -181,10 +183,12 @@ class CPLRP(LayerMap):
 
     def __init__(self, epsilon: float = 1e-6, normalization: str = "linear"):
         from tf_lrp.attention import AttentionContext, AttentionScores, AttentionSoftmax
+        from tf_lrp.structure import GatedProduct
 
         eps = rules.Epsilon(epsilon)
         super().__init__([
             (AttentionContext, rules.Bilinear(epsilon, shares=(0.0, 1.0))),
+            (GatedProduct, rules.HeldConstant()),
             (AttentionScores, rules.Bilinear(epsilon)),
             (AttentionSoftmax, rules.AttnSoftmax()),
             *_normalization(normalization, eps),

@@ -38,7 +38,14 @@ from tf_lrp.rules.modifiers import (
     unchanged,
 )
 from tf_lrp.rules.propagation import Context, Group, Term, propagate, stabilize
-from tf_lrp.rules.routing import EmbeddingSum, Pass, Route, SignalTakesAll, UniformProduct
+from tf_lrp.rules.routing import (
+    EmbeddingSum,
+    HeldConstant,
+    Pass,
+    Route,
+    SignalTakesAll,
+    UniformProduct,
+)
 
 #: The rules by snake_case name (used by :func:`tf_lrp.composites.get` and the CLI).
 RULES: dict[str, type[Rule]] = {
@@ -57,10 +64,11 @@ RULES: dict[str, type[Rule]] = {
     "embedding_sum": EmbeddingSum,
     "bilinear": Bilinear,
     "attn_softmax": AttnSoftmax,
+    "held_constant": HeldConstant,
 }
 
 __all__ = [
-    "RULES", "AlphaBeta", "AttnSoftmax", "BasicRule", "Bilinear", "Context", "EmbeddingSum", "Epsilon", "Facts", "Flat", "Gamma", "Group", "NoRelevance",
+    "RULES", "AlphaBeta", "AttnSoftmax", "BasicRule", "Bilinear", "Context", "EmbeddingSum", "Epsilon", "Facts", "Flat", "Gamma", "Group", "HeldConstant", "NoRelevance",
     "Pass", "Route", "Rule", "SignalTakesAll", "Term", "UniformProduct", "WSquare", "ZBox",
     "ZPlus", "Zero", "bound", "flat", "identity", "minus", "negative", "ones", "plus",
     "positive", "propagate", "square", "stabilize", "unchanged",

@@ -107,3 +107,36 @@ class EmbeddingSum(Rule):
         if not isinstance(node.layer, kl.Embedding):
             return f"{self!r} fits Embedding layers only"
         return None
+
+
+class HeldConstant(Rule):
+    """A product or quotient whose listed factors are held constant: the other factors share
+    all relevance (uniformly), the held ones get none.
+
+    Which inputs are held is declared by the node's part (``node.layer.held``, see
+    :mod:`tf_lrp.structure`): the normalizing factor ``1/sigma`` of a normalization written with
+    ``keras.ops`` (``x * rsqrt(mean(x^2) + eps)``, ``x / sqrt(var + eps)``; AttnLRP, Achtibat et
+    al. 2024, Prop. 3.4, and LXT), or the activated gate of a gated linear unit under CP-LRP
+    (all of ``act(gate) * up`` to ``up``). For ``y = x * c`` with ``c`` constant LRP-0 gives
+    ``R_x = R_y``; a factor broadcast in the product gets its relevance summed back.
+    """
+
+    zeros = "relay"
+
+    def __init__(self):
+        self.params = {}
+
+    def __call__(self, ctx: Context) -> list[Tensor]:
+        held = set(ctx.node.layer.held)
+        take = [i not in held for i in range(len(ctx.inputs))]
+        share = ctx.relevance[0] / float(sum(take))
+        return [_unbroadcast(share, x) if t else None for x, t in zip(ctx.inputs, take)]
+
+    def check(self, node, facts: Facts) -> str | None:
+        held = getattr(node.layer, "held", None)
+        if held is None:
+            return (f"{self!r} fits products whose held factors are known (normalizing "
+                    "factors, gates of gated linear units)")
+        if len(facts.output_shapes) != 1 or len(held) >= len(facts.input_shapes):
+            return f"{self!r} needs one output and at least one factor that is not held"
+        return None
