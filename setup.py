@@ -31,8 +31,11 @@ setup(
     extras_require={
         # tf_lrp.ray and tf-lrp explain --ray: Ray Data (actor pools, retries, spilling)
         "ray": ["ray[data]>=2.9"],
-        # the test suite runs the Ray tests too (on a local Ray instance)
-        "test": ["pytest>=7", "tf-keras>=2.16", "ruff>=0.5", "ray[data]>=2.9", "pandas>=1.5"],
+        # tf_lrp.hub (explain_text) and KerasHub models: from_preset(local dir), tokenizers
+        "hub": ["keras-hub>=0.32"],
+        # the test suite runs the Ray and KerasHub tests too (local Ray, tiny KerasHub configs)
+        "test": ["pytest>=7", "tf-keras>=2.16", "ruff>=0.5", "ray[data]>=2.9", "pandas>=1.5",
+                 "keras-hub>=0.32"],
     },
     entry_points={"console_scripts": ["tf-lrp=tf_lrp.cli:main"]},
 )

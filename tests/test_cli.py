@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from tf_lrp import Analyzer, cli, composites, load_model, rules, visualize
@@ -79,10 +80,10 @@ def png_as_input(path: Path) -> np.ndarray:
 
 @keras.saving.register_keras_serializable(package="tf_lrp_test_cli")
 class Squash(keras.layers.Layer):
-    """A custom elementwise layer tf_lrp has no rule for."""
+    """A custom elementwise layer tf_lrp has no rule for (raw TensorFlow: not flattened)."""
 
     def call(self, x):
-        return keras.ops.tanh(x) * 2.0
+        return tf.tanh(x) * 2.0
 
 
 @pytest.fixture(scope="module")
@@ -548,7 +549,7 @@ def test_info_flags_unsupported_layers(tmp_path, capsys):
     assert table["my_squash"][1].startswith("UNSUPPORTED: ")
     assert table["conv"] == ["Conv2D", "ZPlus()"] and table["top"][1].startswith("Epsilon(")
     assert "my_squash" in err and "Squash" in err and "--rule Squash=pass" in err
-    assert "epsilon, flat, gamma, pass" in err  # the rule names
+    assert "epsilon, flat, gamma, held_constant, pass" in err  # the rule names
 
     code, out, err = run(capsys, "info", tmp_path / "custom.keras", "--scale", "0_1",
                          "--rule", "Squash=pass")

@@ -416,7 +416,7 @@ def test_multi_input_needs_list():
 
 class Scale(kl.Layer):
     def call(self, x):
-        return x * 2.0
+        return tf.multiply(x, 2.0)  # raw TensorFlow: cannot be flattened into keras.ops parts
 
 
 def test_unsupported_layer_names_layer_class_and_fix():

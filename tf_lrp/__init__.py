@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "analyzer", "analyzers", "attention", "base", "baselines", "callbacks", "canonizers", "cli",
-    "composites", "concepts", "datasets", "distribute", "evaluate", "gradients", "graph", "io",
-    "keras_adapter", "layers", "plan", "ray", "recurrent", "rules", "summary", "tuning",
-    "visualize", "weightless",
+    "composites", "concepts", "datasets", "distribute", "evaluate", "flatten", "gradients",
+    "graph", "hub", "io", "keras_adapter", "layers", "plan", "ray", "recurrent", "rules",
+    "structure", "summary", "tuning", "visualize", "weightless",
 }
 _NAMES = {"Analyzer": "tf_lrp.analyzer", "load_model": "tf_lrp.io", "tune": "tf_lrp.tuning"}
 

@@ -125,6 +125,9 @@ class Analyzer(BaseAnalyzer):
         self._layerwise_fn = None
         self._conditional_fns: dict[tuple, object] = {}
 
+    def _keeps_whole(self, layer, name: str) -> bool:
+        return plan.keeps_whole(self.composite)(layer, name)
+
     def _assign_rules(self) -> dict[str, lrp_rules.Rule]:
         assigned, problems = plan.assign_rules(self.graph, self.composite, self._ranges)
         if problems:

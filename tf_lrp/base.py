@@ -43,7 +43,7 @@ class _PerShape(type):
             obj = cls.__new__(cls)
             obj._deferred = (args, kwargs)
             obj._by_shape = {}
-            obj.model = needs.args[0]
+            obj.model, obj._input_names = needs.args
             obj.batch_size = kwargs.get("batch_size")
             return obj
 
@@ -54,16 +54,19 @@ def _specializes(method):
     @functools.wraps(method)
     def wrapper(self, x, *args, **kwargs):
         if self.__dict__.get("_deferred") is not None:
-            return getattr(self.for_shape(_shapes_of(x)), method.__name__)(x, *args, **kwargs)
+            shapes = _shapes_of(x, self._input_names)
+            return getattr(self.for_shape(shapes), method.__name__)(x, *args, **kwargs)
         return method(self, x, *args, **kwargs)
 
     return wrapper
 
 
-def _shapes_of(x) -> list[tuple]:
-    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+def _shapes_of(x, names: list[str]) -> list[tuple]:
     if isinstance(x, dict):
-        raise InputError("pass the inputs as a list in the model's input order, not a dict")
+        if sorted(x) != sorted(names):
+            raise InputError(f"the inputs are named {sorted(x)}; the model's inputs are {names}")
+        return [tuple(np.shape(x[k])[1:]) for k in names]
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
     return [tuple(np.shape(a)[1:]) for a in xs]
 
 
@@ -118,10 +121,10 @@ class BaseAnalyzer(metaclass=_PerShape):
         self._memory_cap: int | None = None  # lowered when a step runs out of memory
         self._deferred = None
         shapes = None if input_shapes is None else [tuple(s) for s in input_shapes]
-        graph = build_graph(model, shapes)
+        graph = build_graph(model, shapes, keep=self._keeps_whole)
         if graph.needs_shapes and shapes is None and \
                 any(d is None for s in graph.input_shapes for d in s):
-            raise _NeedsShapes(model)
+            raise _NeedsShapes(model, graph.input_names)
         self.graph: Graph = canonizers.canonize(graph)
         self._output_key = self._select_output(output)
         out_shape = self.graph.shapes.get(self._output_key, (None,))[1:]
@@ -134,6 +137,11 @@ class BaseAnalyzer(metaclass=_PerShape):
         self._explain_fn = _traced(self._explain, [specs, tf.TensorSpec([None], tf.int32)],
                                    jit_compile)
         self._predict_fn = _traced(self._predict, [specs])
+
+    def _keeps_whole(self, layer, name: str) -> bool:
+        """Whether a custom layer stays one node (not flattened): for LRP, where the composite
+        maps a rule to it; the gradient baselines flatten every custom layer."""
+        return False
 
     def for_shape(self, input_shapes: list[tuple]) -> BaseAnalyzer:
         """This analyzer built for inputs of the given sizes (without the batch axis).
@@ -232,7 +240,19 @@ class BaseAnalyzer(metaclass=_PerShape):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- eager API
+    def _by_name(self, x: dict) -> list:
+        """Inputs given as a dict (KerasHub's ``{"token_ids": ..., "padding_mask": ...}``) in the
+        model's input order."""
+        names = self.graph.input_names
+        if sorted(x) != sorted(names):
+            raise InputError(f"the inputs are named {sorted(x)}; the model's inputs are "
+                             f"{names}: pass a dict with exactly these keys (or a list in "
+                             "that order)")
+        return [x[name] for name in names]
+
     def _prepare(self, x) -> list[np.ndarray]:
+        if isinstance(x, dict):
+            x = self._by_name(x)
         shapes = self.graph.input_shapes
         if len(shapes) > 1:
             if not isinstance(x, (list, tuple)) or len(x) != len(shapes):

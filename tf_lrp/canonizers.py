@@ -117,7 +117,10 @@ def attach_linear_parts(graph: Graph) -> Graph:
     """Set ``node.linear`` for every node whose layer has a known linear part."""
     for node in graph.nodes:
         if node.linear is None and node.kind == "layer":
-            node.linear = lrp_layers.linear_part(node.layer)
+            if isinstance(node.layer, kl.Embedding) and (node.options or {}).get("reverse"):
+                node.linear = lrp_layers.reversed_embedding(node.layer)  # a tied LM head
+            else:
+                node.linear = lrp_layers.linear_part(node.layer)
     return graph
 
 

@@ -94,7 +94,8 @@ def flatten(op, node, shapes: list[tuple] | None = None, own_call: bool = True) 
     try:
         inputs, outputs = keras_adapter.symbolic_call(op, node, shapes, own_call=own_call)
     except Exception as exc:  # whatever the body does that symbolic tensors cannot
-        text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = f"{type(exc).__name__}: {first[:100]}{'...' if len(first) > 100 else ''}"
         return Flattened([], [], [], reason=f"could not be flattened into its parts ({text})",
                          shape_dependent=unknown)
     if not any(isinstance(o, keras.KerasTensor) for o in outputs):

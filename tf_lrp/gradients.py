@@ -23,21 +23,25 @@ class Gradient(BaseAnalyzer):
     """
 
     def _space(self, xs):
-        """The inputs in the space gradients are taken in (embedding vectors for tokens)."""
-        return [self._tokens[i].call([x])[0] if i in self._tokens else x
+        """The inputs in the space gradients are taken in (embedding vectors for tokens; other
+        integer inputs, such as a padding mask, as floats: their gradient is zero)."""
+        return [self._tokens[i].call([x])[0] if i in self._tokens else
+                x if x.dtype.is_floating else tf.cast(x, tf.float32)
                 for i, x in enumerate(xs)]
 
     def _gradient(self, zs, targets, xs=None):
         """``d y_c / d z`` for ``zs`` in gradient space; ``xs``: the raw inputs (the token ids,
         needed for masks) with ``zs``'s batch, when they differ from ``zs``."""
         xs = zs if xs is None else xs
-        inputs = [x if i in self._tokens else z for i, (x, z) in enumerate(zip(xs, zs))]
+        inputs = [x if i in self._tokens or not x.dtype.is_floating else z
+                  for i, (x, z) in enumerate(zip(xs, zs))]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(zs)
             inject = {self._tokens[i].name: z for i, z in enumerate(zs) if i in self._tokens}
             y = self._output(self._forward(inputs, inject)[0])
             selected = tf.reduce_sum(y * self._mask(y, targets))
-        return tape.gradient(selected, zs)
+        return [tf.zeros_like(z) if g is None else g
+                for z, g in zip(zs, tape.gradient(selected, zs))]
 
     def _to_input(self, i: int, z, r, gradient: bool):
         """Map ``r`` (in gradient space) onto input ``i``: for tokens, summed over the

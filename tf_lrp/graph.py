@@ -125,7 +125,8 @@ def _functional(model: keras.Model, name: str):
     )
 
 
-def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None) -> Graph:
+def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None,
+                keep: Callable[[object, str], bool] | None = None) -> Graph:
     """Walk ``model`` (Functional, Sequential, nested; custom layers flattened) into a
     :class:`Graph`.
 
@@ -137,6 +138,9 @@ def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None) -> 
         Sizes of the model's inputs without the batch axis, where the model leaves some open
         (a sequence length): the model is then called once on symbolic inputs of these sizes,
         and every layer is walked as called on them. ``None``: the model's own graph.
+    keep
+        ``keep(layer, node_name)``: whether a custom layer stays one node instead of being
+        flattened (a composite maps a rule to it by class or name).
 
     Raises
     ------
@@ -173,7 +177,7 @@ def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None) -> 
         graph.input_names.append(name)
         if values is not None:
             values[keys[id(kt)]] = tf.zeros((2, *kt.shape[1:]), kt.dtype)
-    _walk(triples, keys, "", graph, {}, {}, values)
+    _walk(triples, keys, "", graph, {}, {}, values, keep)
     graph.outputs = [keys[id(kt)] for kt in outputs]
     graph.output_names = out_names
     return graph
@@ -197,7 +201,8 @@ def _op_name(op, prefix: str, counts: dict, used: dict) -> str:
 
 
 def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int, int],
-          used: dict[str, int], values: dict | None = None) -> None:
+          used: dict[str, int], values: dict | None = None,
+          keep: Callable[[object, str], bool] | None = None) -> None:
     """Add the nodes of ``triples`` to ``graph``, flattening custom layers and nested models.
 
     ``values`` (a graph built for known input sizes): every tensor's value on a batch of zeros,
@@ -207,12 +212,13 @@ def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict
     for node, inputs, outputs in triples:
         op = node.operation
         in_keys = [keys[id(kt)] for kt in inputs]
-        sizes = None if values is None else [(None, *values[k].shape[1:]) for k in in_keys]
+        sizes = None if values is None or not all(k in values for k in in_keys) else \
+            [(None, *values[k].shape[1:]) for k in in_keys]
         if isinstance(op, keras.Model):
             inner_triples, inner_in, inner_out = _model_parts(op, node, prefix, sizes)
             for kt, k in zip(inner_in, in_keys):
                 keys[id(kt)] = k
-            _walk(inner_triples, keys, prefix + op.name + "/", graph, counts, {}, values)
+            _walk(inner_triples, keys, prefix + op.name + "/", graph, counts, {}, values, keep)
             for kt_outer, kt_inner in zip(outputs, inner_out):
                 keys[id(kt_outer)] = keys[id(kt_inner)]
             continue
@@ -222,12 +228,12 @@ def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict
             keys[id(outputs[0])] = in_keys[0]  # a no-op (Functional.call's ConvertToTensor)
             continue
         name = _op_name(op, prefix, counts, used)
-        if flatten.is_custom(op):
+        if flatten.is_custom(op) and not (keep and keep(op, name)):
             done = flatten.flatten(op, node, sizes)
             if done.reason is None and not done.constant:
                 for kt, k in zip(done.inputs, in_keys):
                     keys[id(kt)] = k
-                _walk(done.nodes, keys, name + "/", graph, {}, {}, values)
+                _walk(done.nodes, keys, name + "/", graph, {}, {}, values, keep)
                 for kt_outer, kt_inner in zip(outputs, done.outputs):
                     keys[id(kt_outer)] = keys[id(kt_inner)]
                 continue
@@ -247,7 +253,7 @@ def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict
                    options=keras_adapter.static_kwargs(node),
                    refusal=done.reason if done else None, constant=bool(done and done.constant))
         graph.nodes.append(new)
-        if values is not None and new.refusal is None:
+        if values is not None and new.refusal is None and all(k in values for k in in_keys):
             values.update(zip(out_keys, new.call([values[k] for k in in_keys])))
 
 

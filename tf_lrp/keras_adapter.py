@@ -9,6 +9,7 @@ that moves them is repaired in one module. :mod:`tf_lrp.graph` and :mod:`tf_lrp.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -157,9 +158,35 @@ def symbolic_call(layer, node, shapes: list[tuple] | None = None, own_call: bool
     kwargs = {k: v for k, v in kwargs.items() if k != "training"}
     if getattr(layer, "_call_has_training_arg", False):
         kwargs["training"] = False
-    with _free_batch_ops(), keras.name_scope(layer.name):
+    with _free_batch_ops(), _generic_output_specs(layer), keras.name_scope(layer.name):
         outputs = fn(*args, **kwargs)
     return [fresh[id(kt)] for kt in kts], keras.tree.flatten(outputs)
+
+
+@contextlib.contextmanager
+def _generic_output_specs(layer):
+    """Give sublayers that override a Keras layer's ``call`` (KerasHub's
+    ``CachedMultiHeadAttention(keras.layers.MultiHeadAttention)`` with ``cache=``) the generic
+    ``compute_output_spec`` (which traces ``call``), for as long as they are called on symbolic
+    tensors here: the inherited one does not take the new arguments. Inside a model they were
+    only ever called on the backend's tensors, where the spec is not asked for."""
+    patched = []
+    for sub in layer._flatten_layers(include_self=False, recursive=True):
+        cls = type(sub)
+        call_owner = next(c for c in cls.__mro__ if "call" in c.__dict__)
+        spec_owner = next(c for c in cls.__mro__ if "compute_output_spec" in c.__dict__)
+        if not call_owner.__module__.startswith("keras.") and \
+                spec_owner.__module__.startswith("keras.") and \
+                spec_owner not in (keras.layers.Layer, keras.Operation) and \
+                issubclass(call_owner, spec_owner):
+            sub.compute_output_spec = types.MethodType(keras.layers.Layer.compute_output_spec,
+                                                       sub)
+            patched.append(sub)
+    try:
+        yield
+    finally:
+        for sub in patched:
+            del sub.compute_output_spec
 
 
 def functional_node(fn):
@@ -290,6 +317,11 @@ def set_mask(x, mask) -> None:
     from keras.src.backend.common.masking import set_keras_mask
 
     set_keras_mask(x, mask)
+
+
+def all_layers(model) -> list:
+    """Every layer inside ``model``, nested models' and custom layers' sublayers included."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def tensor_name(kt) -> str:

@@ -308,6 +308,26 @@ _LINEAR: list[tuple[type, Callable[[keras.layers.Layer], Linear]]] = [
 ]
 
 
+def reversed_embedding(layer) -> Linear:
+    """The reverse call of a ``ReversibleEmbedding`` (``layer(h, reverse=True)``: a tied
+    language-model head) as the dense layer it is: ``z = h @ E^T`` with the live table ``E``
+    (or the untied ``reverse_embeddings``). A logit soft cap (``c tanh(z / c)``) is its
+    activation, split off like any other."""
+    def kernels():
+        if getattr(layer, "tie_weights", True):
+            return [tf.transpose(tf.convert_to_tensor(layer.embeddings))]
+        return [tf.convert_to_tensor(layer.reverse_embeddings)]
+
+    cap = getattr(layer, "logit_soft_cap", None)
+
+    def soft_cap(z):
+        return tf.tanh(z / cap) * cap
+
+    return Linear(layer=layer, kernels=kernels, bias=lambda: None,
+                  apply=lambda x, k: ops.matmul(ops.cast(x, k[0].dtype), k[0]),
+                  scale_output=_scale_last, activation=soft_cap if cap else None, input_axis=0)
+
+
 def register_linear(layer_class: type, factory: Callable[[keras.layers.Layer], Linear]) -> None:
     """Teach tf_lrp the linear part of a custom layer class so that every rule applies to it.
 

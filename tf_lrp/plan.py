@@ -33,6 +33,17 @@ _FIXED: dict[str, lrp_rules.Rule] = {
 }
 
 
+def keeps_whole(composite: composites.Composite):
+    """``keep(layer, name)`` for :func:`tf_lrp.graph.build_graph`: a custom layer the composite
+    maps a rule to (by class or by name) stays one node and gets that rule; any other custom
+    layer is flattened into its parts."""
+    def keep(layer, name: str) -> bool:
+        probe = Node(name, layer, [], [], lambda values: values)
+        return composite.rule_for_node(probe, first=False, weighted=False) is not None
+
+    return keep
+
+
 def is_weighted(node: Node) -> bool:
     """Whether a node counts as a layer with weights for composites (not elementwise affine)."""
     return (node.linear is not None and not weightless.is_elementwise(node.layer)) or \
@@ -46,10 +57,12 @@ def value_ranges(graph: Graph) -> dict[int, weightless.Range]:
         if is_weighted(node):
             value = weightless.UNKNOWN
         else:
+            # a product marked by tf_lrp.structure has the range of the product it is
+            layer = node.layer.layer if hasattr(node.layer, "held") else node.layer
             kind = None if node.kind == "activation" else \
-                weightless.handling(node.layer, len(node.inputs))
+                weightless.handling(layer, len(node.inputs))
             value = weightless.output_range(
-                node.layer, kind, node.call,
+                layer, kind, node.call,
                 [ranges.get(k, weightless.UNKNOWN) for k in node.inputs],
                 graph.shapes.get(node.inputs[0], (None,)) if node.inputs else (None,))
         for k in node.outputs:
@@ -85,7 +98,8 @@ def assign_rules(graph: Graph, composite: composites.Composite, ranges: dict
         weighted = is_weighted(node)
         first = weighted and node.recurrent is None and \
             not any(after_weights.get(k, False) for k in node.inputs)
-        embedding = node.kind == "layer" and isinstance(node.layer, kl.Embedding)
+        embedding = node.kind == "layer" and isinstance(node.layer, kl.Embedding) and \
+            node.linear is None
         for k in node.outputs:
             after_weights[k] = weighted or embedding or \
                 any(after_weights.get(k2, False) for k2 in node.inputs)
@@ -150,19 +164,23 @@ def unsupported_message(problems: list[tuple[Node, str]], composite) -> str:
         reasons = "; ".join(dict.fromkeys(r for _, r in items))
         lines.append(f"  - {cls.__module__}.{cls.__name__} ({len(names)} layer"
                      f"{'s' if len(names) > 1 else ''}: {shown}): {reasons}")
-    example = next(iter(by_class)).__name__
+    node, _ = problems[0]
+    example = type(node.layer).__name__
+    if len(node.inputs) == 1 and len(node.outputs) == 1:
+        hint = (f"if {example} is elementwise, map rules.Pass() to it: "
+                f"Analyzer(model, composites.Overrides({composite!r}, [({example!r}, "
+                f"rules.Pass())])), on the command line --rule {example}=pass; if it only moves "
+                "values, rules.Route() (--rule ...=route). ")
+    else:
+        hint = (f"{example} has {len(node.inputs)} inputs and {len(node.outputs)} output(s): "
+                "no relaying rule fits it whole. ")
     return (
         f"cannot explain this model: no LRP rule fits {len(problems)} layer"
         f"{'s' if len(problems) > 1 else ''} of {len(by_class)} class"
         f"{'es' if len(by_class) > 1 else ''}:\n" + "\n".join(lines) + "\n"
-        "Supported without configuration: see the layer table in the README (Dense, EinsumDense, "
-        "every convolution, BatchNormalization, Embedding, SimpleRNN/LSTM/GRU/Bidirectional, "
-        "MultiHeadAttention/Attention, activations, pooling, Add/Subtract/Multiply/Average, "
-        "x + y and other keras.ops nodes, reshapes, normalization and preprocessing layers).\n"
-        "Fix: map a rule to the class or layer name, e.g. "
-        f"Analyzer(model, composites.Overrides({composite!r}, [({example!r}, rules.Pass())])); "
-        f"from the command line: --rule {example}=pass. A custom linear layer with weights is "
-        "described once with tf_lrp.layers.register_linear."
+        "Custom layers are explained by their parts when call() uses keras.ops and Keras layers "
+        "only (no tf.* calls, no branches on tensor values).\nFix: " + hint +
+        "A custom linear layer with weights: tf_lrp.layers.register_linear."
     )
 
 
@@ -233,7 +251,8 @@ def token_inputs(graph: Graph) -> dict[int, Node]:
     for i, k in enumerate(graph.inputs):
         readers = [n for n in consumers.get(k, [])
                    if weightless.handling(n.layer, len(n.inputs)) != weightless.NONE]
-        if len(readers) == 1 and isinstance(readers[0].layer, kl.Embedding):
+        if len(readers) == 1 and isinstance(readers[0].layer, kl.Embedding) and \
+                readers[0].linear is None:
             out[i] = readers[0]
     return out
 
@@ -257,8 +276,8 @@ def rule_plan(model, composite=None, **composite_kwargs) -> list[PlanRow]:
     composite
         As for :class:`tf_lrp.Analyzer`.
     """
-    graph = canonizers.canonize(build_graph(model))
     composite = composites.as_composite(composite, composite_kwargs)
+    graph = canonizers.canonize(build_graph(model, keep=keeps_whole(composite)))
     assigned, problems = assign_rules(graph, composite, value_ranges(graph))
     reasons = {node.name: reason for node, reason in problems}
     return [PlanRow(n.name, type(n.layer).__name__ if n.kind == "layer" else "activation",

@@ -32,8 +32,13 @@ from __future__ import annotations
 from keras import layers as kl
 
 from tf_lrp import keras_adapter, weightless
-from tf_lrp.attention import AttentionContext, AttentionMask, AttentionPart, AttentionScores, \
-    AttentionSoftmax
+from tf_lrp.attention import (
+    AttentionContext,
+    AttentionMask,
+    AttentionPart,
+    AttentionScores,
+    AttentionSoftmax,
+)
 from tf_lrp.graph import Graph, Node
 
 _op = keras_adapter.op_classes
@@ -125,11 +130,15 @@ def mark_parts(graph: Graph) -> Graph:
                     continue
                 node.layer = NormalizingProduct(node.name, layer, held)
             elif not quotient and len(node.inputs) == 2:
-                names = [_activation_name(_origin(k, producer, route) or node)
-                         for k in node.inputs]
+                origins = [_origin(k, producer, route) for k in node.inputs]
+                names = [None if o is None else _activation_name(o) for o in origins]
                 acts = [i for i, n in enumerate(names) if n not in (None, "linear")]
+                # act(gate) * up: one factor an activation (not a [0, 1] gate), the other
+                # straight from a layer with weights (the up projection)
                 if len(acts) == 1 and names[acts[0]] not in _GATES:
-                    node.layer = GatedProduct(node.name, layer, (acts[0],))
+                    up = origins[1 - acts[0]]
+                    if up is not None and up.linear is not None and up.kind == "layer":
+                        node.layer = GatedProduct(node.name, layer, (acts[0],))
     _mark_inert(graph)
     return graph
 

@@ -216,9 +216,14 @@ def _overrides(tf_lrp, args, base, setup_graph, model, input_range) -> Any:
     """
     if not args.rules:
         return base
+    from tf_lrp import keras_adapter
+
     nodes = [n for n in setup_graph.nodes if n.kind == "layer"]
-    names = {getattr(n.layer, "name", None) for n in nodes}
-    classes = {type(n.layer).__name__ for n in nodes}
+    custom = [la for la in keras_adapter.all_layers(model) if tf_lrp.flatten.is_custom(la)]
+    # a custom layer is flattened into its parts unless a rule names it: then it stays whole
+    names = {getattr(n.layer, "name", None) for n in nodes} | {n.name for n in nodes} | \
+        {la.name for la in custom}
+    classes = {type(n.layer).__name__ for n in nodes} | {type(la).__name__ for la in custom}
     for option in args.rules:
         if option.key in names or option.key in classes:
             continue

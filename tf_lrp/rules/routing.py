@@ -24,7 +24,28 @@ class Pass(Rule):
         if len(facts.input_shapes) != 1 or facts.input_shapes != facts.output_shapes:
             return ("rules.Pass() only fits layers with one input of the output's shape; this "
                     f"one maps {facts.input_shapes} to {facts.output_shapes}")
+        from tf_lrp import flatten
+
+        if flatten.is_custom(node.layer) and not _elementwise(node.call, facts.input_shapes[0]):
+            return ("rules.Pass() would delete what this layer computes: its outputs mix "
+                    "positions (changing one input value changes other outputs), so it is not "
+                    "elementwise. Map no rule to it (a custom layer written with keras.ops is "
+                    "then explained by its parts), or rules.Route() if it only moves values")
         return None
+
+
+def _elementwise(call, shape: tuple) -> bool:
+    """Whether ``call`` is elementwise on a random probe: changing one input value changes no
+    other output value."""
+    dims = [1] + [3 if d is None else d for d in shape]
+    x = tf.random.stateless_normal(dims, seed=(1, 2))
+    bump = tf.reshape(tf.one_hot(0, tf.size(x)), dims)
+    try:
+        y0, y1 = (call([v])[0] for v in (x, x + bump))
+    except Exception:  # cannot be probed: leave it to the user
+        return True
+    changed = tf.reshape(tf.abs(y1 - y0) > 1e-6 * (1.0 + tf.abs(y0)), [-1])
+    return not bool(tf.reduce_any(changed[1:]))
 
 
 class Route(Rule):

@@ -1,0 +1,263 @@
+"""KerasHub models and custom layers written with keras.ops (issue: every KerasHub model).
+
+Tiny configs with random weights; task models go through ``save_to_preset`` and
+``from_preset(local_dir)`` (no download).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import tf_lrp
+from tf_lrp import composites, rules
+from tf_lrp.errors import UnsupportedLayerError
+
+keras_hub = pytest.importorskip("keras_hub")
+
+ATTN0 = composites.AttnLRP(epsilon=0.0)
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "a", "mat",
+         "dog", "ran", "far", "away", "quick"]
+
+
+def _ids(rng, n, length, vocab):
+    ids = rng.integers(1, vocab, (n, length)).astype("int32")
+    mask = np.ones((n, length), "int32")
+    mask[1, length - 2:] = 0
+    ids[1, length - 2:] = 0
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------- custom layers
+class OpsDense(keras.layers.Layer):
+    """A dense layer written with keras.ops and its own weights, then a sublayer."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.inner = keras.layers.Dense(3, name="inner")
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], self.units), name="w")
+        self.b = self.add_weight(shape=(self.units,), name="b", initializer="random_normal")
+
+    def call(self, x):
+        h = ops.relu(ops.matmul(x, self.w) + self.b)
+        return self.inner(ops.pad(h, [[0, 0], [1, 0]]))
+
+
+class OpsRMSNorm(keras.layers.Layer):
+    """RMSNorm as KerasHub's Gemma writes it: x / sqrt(mean(x^2) + eps) * (1 + w)."""
+
+    def build(self, shape):
+        self.scale = self.add_weight(shape=(shape[-1],), name="scale",
+                                     initializer="random_normal")
+
+    def call(self, x):
+        var = ops.mean(ops.square(x), axis=-1, keepdims=True)
+        return x * ops.reciprocal(ops.sqrt(var + 1e-6)) * (1.0 + self.scale)
+
+
+class RawTF(keras.layers.Layer):
+    def call(self, x):
+        return tf.nn.relu(x)  # a raw TensorFlow call: cannot be recorded
+
+
+def _seeded(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        v.assign(rng.normal(0, 0.6, v.shape).astype("float32"))
+    return model
+
+
+def test_custom_layer_is_flattened_and_explains_like_plain_layers():
+    keras.utils.set_random_seed(1)
+    x_in = keras.Input((5,))
+    custom = keras.Model(x_in, OpsDense(4, name="block")(x_in))
+    _seeded(custom)
+    # the same computation from plain layers, with the same weights
+    y_in = keras.Input((5,))
+    h = keras.layers.Dense(4, activation="relu", name="d")(y_in)
+    h = keras.layers.ZeroPadding1D((1, 0))(keras.layers.Reshape((4, 1))(h))
+    plain = keras.Model(y_in, keras.layers.Dense(3, name="inner")(keras.layers.Flatten()(h)))
+    block = custom.get_layer("block")
+    plain.get_layer("d").set_weights([block.w.numpy(), block.b.numpy()])
+    plain.get_layer("inner").set_weights(block.inner.get_weights())
+    x = np.random.default_rng(2).normal(size=(4, 5)).astype("float32") * [1, -2, 3, 0.5, 1]
+    np.testing.assert_allclose(custom.predict(x, verbose=0), plain.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    composite = composites.LayerMap([("inner", rules.Gamma(0.3))], default=rules.Zero())
+    a = tf_lrp.Analyzer(custom, composite)
+    names = [row[0] for row in a.rule_table()]
+    assert "block/inner" in names and "block/matmul" in names  # prefixed parts, keyed by name
+    r_custom = a(x, target=2)
+    r_plain = tf_lrp.Analyzer(plain, composite)(x, target=2)
+    np.testing.assert_allclose(r_custom, r_plain, rtol=1e-4, atol=1e-5)
+    assert np.abs(r_custom).max() > 1e-3
+    # a composite key naming the part by its full name reaches it
+    other = tf_lrp.Analyzer(custom, composites.LayerMap([("block/inner", rules.Epsilon(5.0))],
+                                                        default=rules.Zero()))
+    assert dict((n, r) for n, _, r in other.rule_table())["block/inner"].startswith("Epsilon(")
+
+
+def test_hand_written_rmsnorm_holds_its_factor_constant_like_the_keras_layer():
+    keras.utils.set_random_seed(3)
+    x_in = keras.Input((6,))
+    h = keras.layers.Dense(6, name="d1")(x_in)
+    out_custom = keras.layers.Dense(2, name="d2")(OpsRMSNorm(name="norm")(h))
+    custom = _seeded(keras.Model(x_in, out_custom), 4)
+    y_in = keras.Input((6,))
+    h2 = keras.layers.Dense(6, name="d1")(y_in)
+    norm = keras.layers.RMSNormalization(epsilon=1e-6, name="norm")
+    out_plain = keras.layers.Dense(2, name="d2")(norm(h2))
+    plain = keras.Model(y_in, out_plain)
+    for name in ("d1", "d2"):
+        plain.get_layer(name).set_weights(custom.get_layer(name).get_weights())
+    norm.scale.assign(1.0 + custom.get_layer("norm").scale.numpy())
+    x = np.random.default_rng(5).normal(size=(3, 6)).astype("float32")
+    np.testing.assert_allclose(custom.predict(x, verbose=0), plain.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+    a = tf_lrp.Analyzer(custom, rules.Zero())
+    table = {n: (c, r) for n, c, r in a.rule_table()}
+    assert table["norm/multiply"] == ("NormalizingProduct", "HeldConstant()")
+    assert table["norm/square"][1] == "NoRelevance()"  # the variance receives nothing
+    np.testing.assert_allclose(a(x, target=1), tf_lrp.Analyzer(plain, rules.Zero())(x, target=1),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_raw_tf_inside_a_custom_layer_is_refused_with_the_reason():
+    x_in = keras.Input((3,))
+    model = keras.Model(x_in, keras.layers.Dense(2)(RawTF(name="raw")(x_in)))
+    with pytest.raises(UnsupportedLayerError, match="raw.*could not be flattened"):
+        tf_lrp.Analyzer(model)
+
+
+def test_flattening_leaves_no_trace_on_the_model():
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((5,))
+    model = keras.Model(x_in, OpsDense(4, name="block")(x_in))
+    before = len(model.get_layer("block").inner._inbound_nodes)
+    tf_lrp.Analyzer(model)
+    assert len(model.get_layer("block").inner._inbound_nodes) == before
+
+
+# ----------------------------------------------------------------------------- tied LM head
+def _soft_cap(z):
+    return 3.0 * ops.tanh(z / 3.0)
+
+
+def test_reversible_embedding_reverse_call_is_the_dense_layer_with_the_transposed_table():
+    keras.utils.set_random_seed(6)
+    ids = keras.Input((4,), dtype="int32")
+    emb = keras.layers.ReversibleEmbedding(11, 5, logit_soft_cap=3.0, name="emb")
+    h = keras.layers.Dense(5, name="mix")(emb(ids))
+    model = keras.Model(ids, emb(h, reverse=True))
+    # the same model from plain layers: Embedding, Dense, Dense(kernel = table^T, soft cap)
+    ids2 = keras.Input((4,), dtype="int32")
+    plain_emb = keras.layers.Embedding(11, 5)
+    h2 = keras.layers.Dense(5, name="mix")(plain_emb(ids2))
+    head = keras.layers.Dense(11, use_bias=False, activation=_soft_cap)
+    plain = keras.Model(ids2, head(h2))
+    plain_emb.set_weights(emb.get_weights()[:1])
+    plain.get_layer("mix").set_weights(model.get_layer("mix").get_weights())
+    head.set_weights([emb.embeddings.numpy().T])
+    x = np.random.default_rng(7).integers(0, 11, (2, 4))
+    a = tf_lrp.Analyzer(model, rules.Epsilon(0.01))
+    table = {n: (c, r) for n, c, r in a.rule_table()}
+    assert table["emb:1"][1] == "Epsilon(epsilon=0.01, bias=True)"
+    assert table["emb:1/activation"][1] == "Pass()"
+    np.testing.assert_allclose(a.predict(x), model.predict(x, verbose=0).reshape(2, -1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.predict(x), plain.predict(x, verbose=0).reshape(2, -1),
+                               rtol=1e-5, atol=1e-6)
+    target = np.array([2 * 11 + 3, 3 * 11 + 9])
+    r = a(x, target=target)
+    np.testing.assert_allclose(r, tf_lrp.Analyzer(plain, rules.Epsilon(0.01))(x, target=target),
+                               rtol=1e-4, atol=1e-6)
+    assert r[0, 2] != 0 and not r[0, 3:].any()  # position 2 reads token 2 only
+
+
+# ----------------------------------------------------------------------------- KerasHub
+def _llama(**kw):
+    return keras_hub.models.LlamaBackbone(vocabulary_size=40, num_layers=2, num_query_heads=4,
+                                          num_key_value_heads=2, hidden_dim=8,
+                                          intermediate_dim=12, **kw)
+
+
+def test_llama_backbone_with_a_head_logits_equal_and_token_relevance():
+    keras.utils.set_random_seed(8)
+    b = _llama()
+    tok, pm = keras.Input((None,), dtype="int32"), keras.Input((None,), dtype="int32")
+    h = b({"token_ids": tok, "padding_mask": pm})
+    model = keras.Model([tok, pm], keras.layers.Dense(3)(h[:, 0]))
+    ids, mask = _ids(np.random.default_rng(9), 2, 7, 40)
+    a = tf_lrp.Analyzer(model, ATTN0)
+    r_tok, r_mask = a([ids, mask], target=2)
+    built = a.for_shape([(7,), (7,)])
+    np.testing.assert_allclose(built.predict([ids, mask]),
+                               model.predict([ids, mask], verbose=0), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(r_tok).all() and not r_mask.any()
+    assert np.abs(r_tok[:, 0]).max() > 0
+    # the causal mask: position 0's output reads token 0 only
+    np.testing.assert_allclose(r_tok[:, 1:], 0.0, atol=1e-6)
+    kinds = {c for _, c, _ in built.rule_table()}
+    assert {"AttentionScores", "AttentionSoftmax", "AttentionContext", "NormalizingProduct",
+            "GatedProduct"} <= kinds
+    # CP-LRP holds the MLP gate constant too (LXT's definition)
+    cp = dict((n, r) for n, _, r in tf_lrp.Analyzer(model, "cp_lrp").for_shape(
+        [(7,), (7,)]).rule_table())
+    assert cp["llama_backbone/transformer_layer_0/multiply"] == "HeldConstant()"
+
+
+def test_causal_lm_from_a_preset_directory_next_token(tmp_path):
+    keras.utils.set_random_seed(10)
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "a", "b", "Ġ", "d", "Ġa", "Ġb",
+                                         "Ġc", "Ġd", "ab", "Ġab"])}
+    merges = ["a b", "Ġ a", "Ġ b", "Ġa b"]
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
+    pre = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=6)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=11, num_layers=1, num_heads=2,
+                                             hidden_dim=8, intermediate_dim=12,
+                                             max_sequence_length=16)
+    keras_hub.models.GPT2CausalLM(backbone, pre).save_to_preset(str(tmp_path / "gpt2"))
+    lm = keras_hub.models.CausalLM.from_preset(str(tmp_path / "gpt2"))
+    out = tf_lrp.hub.explain_text(lm, ["ab a b", "a"], composite=ATTN0)
+    assert len(out) == 2 and out[0].tokens[0] == "<|endoftext|>"
+    x = tf_lrp.hub.preprocess(lm, ["ab a b", "a"])
+    logits = keras.ops.convert_to_numpy(lm(x))
+    last = x["padding_mask"].sum(1) - 1
+    for i, e in enumerate(out):
+        pos, token = divmod(e.target, 11)
+        assert pos == last[i] and token == logits[i, pos].argmax()
+        np.testing.assert_allclose(e.logit, logits[i, pos, token], rtol=1e-5, atol=1e-6)
+        assert np.isfinite(e.relevance).all()
+        assert not e.relevance[x["padding_mask"][i] == 0].any()  # padding gets nothing
+
+
+def test_text_classifier_from_a_preset_directory_takes_strings(tmp_path):
+    keras.utils.set_random_seed(11)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=WORDS)
+    pre = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(WORDS), num_layers=1,
+                                             num_heads=2, hidden_dim=8, intermediate_dim=12,
+                                             max_sequence_length=8)
+    task = keras_hub.models.BertTextClassifier(backbone, 3, preprocessor=pre, activation=None)
+    task.save_to_preset(str(tmp_path / "bert"))
+    task = keras_hub.models.TextClassifier.from_preset(str(tmp_path / "bert"), num_classes=3)
+    out = tf_lrp.hub.explain_text(task, ["the cat sat", "a dog ran far away"], target=1)
+    x = tf_lrp.hub.preprocess(task, ["the cat sat", "a dog ran far away"])
+    logits = keras.ops.convert_to_numpy(task(x))
+    assert out[0].tokens[:4] == ["[CLS]", "the", "cat", "sat"]
+    for i, e in enumerate(out):
+        assert e.target == 1
+        np.testing.assert_allclose(e.logit, logits[i, 1], rtol=1e-5, atol=1e-6)
+        assert np.isfinite(e.relevance).all() and np.abs(e.relevance).max() > 0
+    # the gradient baselines find the token input through the nested backbone
+    gx = tf_lrp.analyzers.GradientXInput(task)(x, target=1)
+    names = tf_lrp.analyzers.GradientXInput(task).for_shape(
+        [(8,)] * 3).graph.input_names
+    g_tok = gx[names.index("token_ids")]
+    assert g_tok.shape == (2, 8) and np.abs(g_tok).max() > 0
