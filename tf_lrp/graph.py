@@ -87,6 +87,8 @@ class Graph:
     #: a custom layer could not be flattened while some input sizes were unknown
     #: (:class:`tf_lrp.base.BaseAnalyzer` then builds the graph per input shape)
     needs_shapes: bool = False
+    #: node names given so far (they are unique)
+    taken: set[str] = field(default_factory=set, repr=False)
     _next_key: int = field(default=0, repr=False)
 
     def new_key(self) -> int:
@@ -186,18 +188,26 @@ def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None,
 _IDENTITIES = keras_adapter.op_classes("ConvertToTensor", "Cast", "Identity")
 
 
-def _op_name(op, prefix: str, counts: dict, used: dict) -> str:
-    """``prefix + name``: a layer's own name (``:i`` for its i-th further call), or for a raw
-    operation its class in snake case numbered within the block (``add``, ``add_1``): stable
-    across builds, unlike the global counters Keras names operations with."""
-    if isinstance(op, keras.layers.Layer):
+def _op_name(op, prefix: str, counts: dict, used: dict, taken: set) -> str:
+    """A node name unique in the graph: a layer's own name (``:i`` for its i-th further call);
+    a raw operation's Keras name at the top level (as before flattening existed) and, inside a
+    flattened layer, its class in snake case numbered within the block (``norm/multiply``,
+    ``norm/multiply_1``), stable across builds unlike Keras's global counters."""
+    if isinstance(op, keras.layers.Layer) or not prefix:
         n = counts.get(id(op), 0)
         counts[id(op)] = n + 1
-        return prefix + op.name + (f":{n}" if n else "")
-    base = prefix + re.sub(r"(?<!^)(?=[A-Z])", "_", type(op).__name__).lower()
-    n = used.get(base, 0)
-    used[base] = n + 1
-    return base + (f"_{n}" if n else "")
+        name = prefix + op.name + (f":{n}" if n else "")
+    else:
+        base = prefix + re.sub(r"(?<!^)(?=[A-Z])", "_", type(op).__name__).lower()
+        n = used.get(base, 0)
+        used[base] = n + 1
+        name = base + (f"_{n}" if n else "")
+    unique, i = name, 1
+    while unique in taken:  # two sublayers of one block may share a name
+        i += 1
+        unique = f"{name}#{i}"
+    taken.add(unique)
+    return unique
 
 
 def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int, int],
@@ -227,7 +237,7 @@ def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict
                 tuple(outputs[0].shape):
             keys[id(outputs[0])] = in_keys[0]  # a no-op (Functional.call's ConvertToTensor)
             continue
-        name = _op_name(op, prefix, counts, used)
+        name = _op_name(op, prefix, counts, used, graph.taken)
         if flatten.is_custom(op) and not (keep and keep(op, name)):
             done = flatten.flatten(op, node, sizes)
             if done.reason is None and not done.constant:
