@@ -71,7 +71,7 @@ TXT_ENC = dict(vocabulary_size=VOCAB, embedding_dim=16, hidden_dim=16, num_layer
                intermediate_dim=32, max_sequence_length=SEQ)
 VIS_ENC = dict(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
                image_shape=(IMG, IMG, 3))
-RESNET = dict(input_conv_filters=[8], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 8, 16, 16],
+RESNET = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 8, 16, 16],
               stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2],
               block_type="basic_block")
 MIT = dict(layerwise_depths=[1, 1], image_shape=(IMG, IMG, 3), hidden_dims=[8, 16], num_layers=2,
@@ -99,14 +99,17 @@ CLIP_TXT = dict(vocabulary_size=VOCAB, embedding_dim=16, hidden_dim=16, num_laye
 TINY: dict[str, dict[str, Any]] = {
     "AlbertBackbone": dict(TD, embedding_dim=8),
     "BASNetBackbone": dict(image_encoder=Sub("models.ResNetBackbone", **RESNET), num_classes=1,
-                           projection_filters=8, image_shape=(IMG, IMG, 3)),
+                           image_shape=(IMG, IMG, 3)),
     "BLIP2Backbone": dict(
         vision_encoder=Sub("src.models.blip2.blip2_vision_encoder.BLIP2VisionEncoder",
                            image_size=IMG, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
-                           intermediate_dim=32, dropout_rate=0.0),
+                           intermediate_dim=32, dropout_rate=0.0, use_patch_bias=True,
+                           use_class_token=True, use_mha_bias=True, use_mlp_bias=True,
+                           layer_norm_epsilon=1e-6, initializer_range=0.02),
         qformer=Sub("src.models.blip2.blip2_qformer.BLIP2QFormer", num_query_tokens=2,
                     num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                    vision_dim=16, cross_attention_frequency=1, dropout=0.0),
+                    vision_dim=16, cross_attention_frequency=1, dropout=0.0,
+                    layer_norm_epsilon=1e-6),
         language_model=Sub("src.models.blip2.blip2_custom_opt.BLIP2CustomOPT", **dict(
             TD, num_query_tokens=2, qformer_hidden_dim=16, max_sequence_length=16,
             language_projection=None))),
@@ -141,9 +144,9 @@ TINY: dict[str, dict[str, Any]] = {
     "DeiTBackbone": dict(VIS_ENC),
     "DenseNetBackbone": dict(stackwise_num_repeats=[1, 1], growth_rate=4, image_shape=(IMG, IMG, 3)),
     "DepthAnythingBackbone": dict(
-        image_encoder=Sub("models.DINOV2Backbone", patch_size=14, num_layers=4, hidden_dim=16,
-                          num_heads=2, intermediate_dim=32, image_shape=(56, 56, 3),
-                          position_embedding_shape=(56, 56, 3), apply_layernorm=True),
+        image_encoder=Sub("models.DINOV2Backbone", patch_size=8, num_layers=4, hidden_dim=16,
+                          num_heads=2, intermediate_dim=32, image_shape=(64, 64, 3),
+                          position_embedding_shape=(64, 64, 3), apply_layernorm=True),
         reassemble_factors=[4, 2, 1, 0.5], neck_hidden_dims=[8, 8, 8, 8], fusion_hidden_dim=8,
         head_hidden_dim=8, head_in_index=-1, feature_keys=["stage1", "stage2", "stage3", "stage4"]),
     "DistilBertBackbone": TD,
@@ -256,10 +259,10 @@ TINY: dict[str, dict[str, Any]] = {
                          num_heads=2)),
     "SAMBackbone": dict(
         image_encoder=Sub("models.ViTDetBackbone", hidden_size=16, num_layers=2, intermediate_dim=32,
-                          num_heads=2, global_attention_layer_indices=[1], patch_size=16,
-                          num_output_channels=8, window_size=2, image_shape=(16, 16, 3)),
+                          num_heads=2, global_attention_layer_indices=[1], patch_size=4,
+                          num_output_channels=8, window_size=2, image_shape=(IMG, IMG, 3)),
         prompt_encoder=Sub("layers.SAMPromptEncoder", hidden_size=8, image_embedding_size=(8, 8),
-                           input_image_size=(16, 16), mask_in_channels=16),
+                           input_image_size=(IMG, IMG), mask_in_channels=16),
         mask_decoder=Sub("layers.SAMMaskDecoder", num_layers=1, hidden_size=16, intermediate_dim=32,
                          num_heads=2, embedding_dim=8, num_multimask_outputs=3, iou_head_depth=2,
                          iou_head_hidden_dim=8)),
@@ -286,7 +289,7 @@ TINY: dict[str, dict[str, Any]] = {
     "VideoPrismBackbone": dict(num_frames=2, patch_size=8, hidden_dim=16, intermediate_dim=32,
                                num_heads=2, num_spatial_layers=1, num_temporal_layers=1,
                                num_auxiliary_layers=0, image_shape=(IMG, IMG, 3)),
-    "WhisperBackbone": dict(T, num_mels=8, max_encoder_sequence_length=16,
+    "WhisperBackbone": dict(T, num_mels=8, max_encoder_sequence_length=32,
                             max_decoder_sequence_length=SEQ),
     "XLMRobertaBackbone": TD, "XLNetBackbone": T,
     "XceptionBackbone": dict(stackwise_conv_filters=[[8, 8], [16, 16]],
@@ -301,9 +304,12 @@ NOT_CONFIGURABLE = {
 SHAPES: dict[str, dict[str, tuple]] = {
     "WhisperBackbone": {"encoder_features": (32, 8)},
     "MoonshineBackbone": {"encoder_input_values": (2048, 1), "encoder_padding_mask": (2048,)},
+    "SAMBackbone": {"points": (1, 2), "labels": (1,), "boxes": (1, 2, 2), "masks": (0, IMG, IMG, 1)},
+    "SAM3PromptableConceptBackbone": {"boxes": (1, 5), "box_labels": (1,)},
 }
 #: which backbone output the head reads (default: the first of PREFERRED, else the last)
-OUTPUT = {"DFineBackbone": "logits", "SAMBackbone": "masks", "BASNetBackbone": "refine_out"}
+OUTPUT = {"DFineBackbone": ("last_hidden_state",), "SAMBackbone": (
+    "image_embeddings", "prompt_sparse_embeddings", "prompt_dense_embeddings")}
 PREFERRED = ("sequence_output", "decoder_sequence_output", "image_features")
 #: dual encoders: the per-sample embeddings in front of the batch x batch similarity head
 DUAL = {"CLIPBackbone": "clip_head", "MetaCLIP2Backbone": "metaclip_2_head",
@@ -353,7 +359,8 @@ def make_inputs(name: str, backbone, kwargs: dict) -> Any:
     vocab = next((kwargs[k] for k in ("vocabulary_size", "vocab_size", "text_vocab_size")
                   if k in kwargs), VOCAB)
     spec = backbone.input
-    items = spec.items() if isinstance(spec, dict) else [("x", spec)]
+    items = spec.items() if isinstance(spec, dict) else [
+        (t.name, t) for t in (spec if isinstance(spec, list) else [spec])]
     out = {}
     for key, t in items:
         shape = SHAPES.get(name, {}).get(key) or tuple(
@@ -370,7 +377,8 @@ def make_inputs(name: str, backbone, kwargs: dict) -> Any:
         if ("token_ids" in key or "padding_mask" in key) and len(shape) == 2:
             value[1, -PAD:] = 0
         out[key] = value.astype(str(t.dtype))
-    return out if isinstance(spec, dict) else out["x"]
+    return out if isinstance(spec, dict) else list(out.values()) if isinstance(
+        spec, list) else out[spec.name]
 
 
 def pooled(x):
@@ -397,9 +405,12 @@ def with_head(name: str, backbone):
     else:
         out = backbone(inputs)
         if isinstance(out, dict):
-            key = OUTPUT.get(name) or next((k for k in PREFERRED if k in out), list(out)[-1])
-            out = out[key]
-        feats = pooled(out[-1] if isinstance(out, (list, tuple)) else out)
+            keys = OUTPUT.get(name) or [next((k for k in PREFERRED if k in out), list(out)[-1])]
+            out = [out[k] for k in keys] if len(keys) > 1 else out[keys[0]]
+        elif isinstance(out, (list, tuple)):
+            out = out[-1]
+        feats = keras.layers.Concatenate()([pooled(o) for o in out]) if isinstance(
+            out, list) else pooled(out)
     return keras.Model(inputs, keras.layers.Dense(3, name="head")(feats), name=f"{name}_head")
 
 

@@ -261,3 +261,24 @@ def test_text_classifier_from_a_preset_directory_takes_strings(tmp_path):
         [(8,)] * 3).graph.input_names
     g_tok = gx[names.index("token_ids")]
     assert g_tok.shape == (2, 8) and np.abs(g_tok).max() > 0
+
+
+@pytest.mark.parametrize("policy", ["bfloat16", "mixed_float16"])
+def test_sixteen_bit_models_are_explained_in_float32(policy):
+    keras.utils.set_random_seed(12)
+    backbone = _llama(dtype=policy)
+    lm = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    ids, mask = _ids(np.random.default_rng(13), 2, 5, 40)
+    x = {"token_ids": ids, "padding_mask": mask}
+    with pytest.warns(UserWarning, match="16-bit"):
+        a = tf_lrp.Analyzer(lm, ATTN0)
+    r = a(x, target=[4 * 40 + 3, 2 * 40 + 7])
+    names = a.for_shape([(5,), (5,)]).graph.input_names
+    r_tok = r[names.index("token_ids")]
+    assert r_tok.dtype == np.float32 and np.isfinite(r_tok).all()
+    # the same weights in a float32 model give the same relevance
+    ref = _llama()
+    ref.set_weights([np.asarray(w, np.float32) for w in backbone.get_weights()])
+    lm32 = keras_hub.models.LlamaCausalLM(backbone=ref, preprocessor=None)
+    r32 = tf_lrp.Analyzer(lm32, ATTN0)(x, target=[4 * 40 + 3, 2 * 40 + 7])
+    np.testing.assert_allclose(r_tok, r32[names.index("token_ids")], rtol=1e-4, atol=1e-6)

@@ -41,9 +41,12 @@ class _PerShape(type):
             return super().__call__(*args, **kwargs)
         except _NeedsShapes as needs:
             obj = cls.__new__(cls)
+            obj.model, obj._input_names = needs.args
+            # the model as loaded or converted once (a path, a float32 copy), not again per shape
+            args, kwargs = ((obj.model, *args[1:]), kwargs) if args else \
+                (args, {**kwargs, "model": obj.model})
             obj._deferred = (args, kwargs)
             obj._by_shape = {}
-            obj.model, obj._input_names = needs.args
             obj.batch_size = kwargs.get("batch_size")
             return obj
 
@@ -116,6 +119,12 @@ class BaseAnalyzer(metaclass=_PerShape):
             )
         if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if keras_adapter.low_precision(model):
+            # relevance in 16-bit floats loses what LRP divides by; explain a float32 copy
+            warnings.warn(f"{model.name} computes in 16-bit floats; tf_lrp explains a float32 "
+                          "copy of it (its weights cast; later weight changes are not seen)",
+                          stacklevel=3)
+            model = keras_adapter.float32_copy(model)
         self.model = model
         self.batch_size = batch_size
         self._memory_cap: int | None = None  # lowered when a step runs out of memory

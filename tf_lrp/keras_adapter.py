@@ -324,6 +324,40 @@ def all_layers(model) -> list:
     return list(model._flatten_layers(include_self=False, recursive=True))
 
 
+_LOW = ("bfloat16", "float16", "mixed_bfloat16", "mixed_float16")
+
+
+def low_precision(model) -> bool:
+    """Whether a layer of ``model`` computes or stores weights in 16-bit floats."""
+    for layer in [model, *all_layers(model)]:
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None and policy.name in _LOW:
+            return True
+    return False
+
+
+def float32_copy(model):
+    """``model`` rebuilt from its config with every 16-bit dtype policy set to ``float32``, and
+    its weights copied (cast to float32). Custom classes must be registered, as for loading."""
+    import numpy as np
+
+    def to32(obj):
+        if isinstance(obj, dict):
+            if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and \
+                    obj.get("config", {}).get("name") in _LOW:
+                return {**obj, "config": {**obj["config"], "name": "float32"}}
+            return {k: ("float32" if k in ("dtype", "compute_dtype") and v in _LOW else to32(v))
+                    for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [to32(v) for v in obj]
+        return obj
+
+    config = to32(keras.saving.serialize_keras_object(model))
+    copy = keras.saving.deserialize_keras_object(config)
+    copy.set_weights([np.asarray(w, np.float32) for w in model.get_weights()])
+    return copy
+
+
 def tensor_name(kt) -> str:
     """The name of the layer that produced a symbolic tensor (an input's InputLayer name)."""
     history = getattr(kt, "_keras_history", None)
