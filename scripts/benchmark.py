@@ -25,7 +25,8 @@ Transformer blocks of 4 heads, feed-forward 128) (:func:`sequence_model`); ``shi
 every model in ``saved_models/``, and any other entry is a path to a model file. Inputs are
 uniform in [-1, 1], token ids uniform over the vocabulary for models with integer inputs (no
 raw gradient row: a token id has none); ``EpsilonGammaBox`` uses the bounds ``low=-1, high=1``.
-For sequence models pass ``--composites attn_lrp,cp_lrp,epsilon``. The same script runs on a GPU unchanged when one is visible.
+For sequence models pass ``--composites attn_lrp,cp_lrp,epsilon``; ``hub_bert``,
+``hub_llama`` and ``hub_llama_lm`` are KerasHub models (:func:`hub_model`, ``.[hub]``). The same script runs on a GPU unchanged when one is visible.
 
 Progress goes to stderr, the markdown table to stdout (and is appended to ``--out``).
 
@@ -91,7 +92,8 @@ def expand_models(spec: str) -> list[str]:
 
 def model_name(spec: str) -> str:
     """A short display name for a model spec."""
-    return Path(spec).stem if spec not in ("vgg16", "resnet50", "lstm", "transformer") else spec
+    return Path(spec).stem if spec not in ("vgg16", "resnet50", "lstm", "transformer", *HUB) \
+        else spec
 
 
 SEQUENCE_LENGTH, VOCABULARY = 128, 1000
@@ -118,13 +120,40 @@ def sequence_model(kind: str):
     return keras.Model(tokens, kl.Dense(4)(kl.GlobalAveragePooling1D()(x)), name="transformer")
 
 
+HUB = ("hub_bert", "hub_llama", "hub_llama_lm")
+
+
+def hub_model(kind: str):
+    """A KerasHub model with random weights (vocabulary 1000, 4 layers, hidden 256, 4 heads,
+    intermediate 512; inputs ``[padding_mask, token_ids]`` or ``[padding_mask, segment_ids,
+    token_ids]`` of 128 tokens): ``hub_bert`` (BertBackbone, pooled output -> Dense(4)),
+    ``hub_llama`` (LlamaBackbone with 2 key/value heads, last position -> Dense(4)) and
+    ``hub_llama_lm`` (LlamaCausalLM: the explained output is one next-token logit of
+    ``(128, 1000)``)."""
+    import keras
+    import keras_hub
+
+    size = dict(vocabulary_size=VOCABULARY, num_layers=4, hidden_dim=256, intermediate_dim=512)
+    if kind == "hub_bert":
+        b = keras_hub.models.BertBackbone(num_heads=4, max_sequence_length=SEQUENCE_LENGTH,
+                                          **size)
+        return keras.Model(b.inputs, keras.layers.Dense(4)(b.outputs[1]), name=kind)
+    b = keras_hub.models.LlamaBackbone(num_query_heads=4, num_key_value_heads=2, **size)
+    if kind == "hub_llama_lm":
+        return keras_hub.models.LlamaCausalLM(backbone=b, preprocessor=None)
+    return keras.Model(b.inputs, keras.layers.Dense(4)(b.output[:, -1]), name=kind)
+
+
 def build_model(spec: str):
-    """``vgg16``/``resnet50`` or a sequence model with random weights, or a model file."""
+    """``vgg16``/``resnet50``, a sequence or KerasHub model with random weights, or a model
+    file."""
     import keras
 
     import tf_lrp
 
     keras.utils.set_random_seed(0)
+    if spec in HUB:
+        return hub_model(spec)
     if spec == "vgg16":
         return keras.applications.VGG16(weights=None)
     if spec == "resnet50":
@@ -139,9 +168,16 @@ def is_token_model(model) -> bool:
     return "int" in str(model.inputs[0].dtype)
 
 
-def make_input(model, batch: int, seed: int = 0) -> np.ndarray:
+def make_input(model, batch: int, seed: int = 0) -> np.ndarray | list[np.ndarray]:
     """A float32 batch uniform in [-1, 1] for a single-input model (token ids for a model with
-    an integer input, uniform over its Embedding's vocabulary)."""
+    an integer input, uniform over its Embedding's vocabulary); for a KerasHub model a list in
+    its input order (no padding, segment 0)."""
+    if len(model.inputs) > 1:
+        rng = np.random.default_rng(seed)
+        return [rng.integers(1, VOCABULARY, (batch, SEQUENCE_LENGTH)).astype("int32")
+                if kt.name == "token_ids" else np.full(
+                    (batch, SEQUENCE_LENGTH), int(kt.name == "padding_mask"), "int32")
+                for kt in model.inputs]
     shape = tuple(d or SEQUENCE_LENGTH for d in model.inputs[0].shape[1:])
     rng = np.random.default_rng(seed)
     if is_token_model(model):
