@@ -469,7 +469,7 @@ def measure(name: str) -> dict:
         row["first_call_s"] = time.perf_counter() - t0
     except Exception as exc:
         traceback.print_exc()
-        return failure(exc, **row, outcome="refused")
+        return failure(exc, **dict(row, outcome="refused"))
     Rs = R if isinstance(R, list) else [R]
     logit = pred[np.arange(BATCH), targets].astype("float64")
     row.update(outcome="explained", stage=None, logits=logit.tolist(),

@@ -282,3 +282,20 @@ def test_sixteen_bit_models_are_explained_in_float32(policy):
     lm32 = keras_hub.models.LlamaCausalLM(backbone=ref, preprocessor=None)
     r32 = tf_lrp.Analyzer(lm32, ATTN0)(x, target=[4 * 40 + 3, 2 * 40 + 7])
     np.testing.assert_allclose(r_tok, r32[names.index("token_ids")], rtol=1e-4, atol=1e-6)
+
+
+def test_file_and_preset_directory_give_the_live_models_relevance(tmp_path):
+    keras.utils.set_random_seed(14)
+    lm = keras_hub.models.LlamaCausalLM(backbone=_llama(), preprocessor=None)
+    lm.save_to_preset(str(tmp_path / "preset"))
+    lm.save(tmp_path / "lm.keras")
+    ids, mask = _ids(np.random.default_rng(15), 2, 6, 40)
+    x = {"token_ids": ids, "padding_mask": mask}
+    target = [5 * 40 + 1, 3 * 40 + 22]
+    live = tf_lrp.Analyzer(lm, ATTN0)(x, target=target)
+    assert type(tf_lrp.load_model(tmp_path / "preset")).__name__ == "LlamaCausalLM"
+    for source in (tmp_path / "preset", tmp_path / "lm.keras"):
+        loaded = tf_lrp.Analyzer(source, ATTN0)(x, target=target)
+        for a, b in zip(loaded, live):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert max(np.abs(r).max() for r in live) > 0

@@ -82,7 +82,9 @@ def load_model(
     ----------
     path : str, os.PathLike or keras.Model
         Path of a Keras 3 ``.keras`` zip archive, or of an ``.h5``/``.hdf5`` file written by
-        ``model.save`` in tf.keras 2 or Keras 3. A ``keras.Model`` is returned unchanged.
+        ``model.save`` in tf.keras 2 or Keras 3, or of a KerasHub preset directory
+        (``save_to_preset``: the task model with its preprocessor, or the backbone; needs the
+        ``hub`` extra). A ``keras.Model`` is returned unchanged.
     custom_objects : dict, optional
         Maps class or function names used in the file to your own classes/functions,
         e.g. ``{"MyLayer": MyLayer}``. Needed for every custom layer in the model.
@@ -117,6 +119,10 @@ def load_model(
     """
     if isinstance(path, keras.Model):
         return path
+    preset = Path(os.fsdecode(path)).expanduser() if isinstance(path, (str, os.PathLike)) \
+        else None
+    if preset is not None and preset.is_dir() and (preset / "metadata.json").exists():
+        return _load_preset(preset)
     file_path = _checked_path(path)
     if file_path.suffix.lower() in KERAS_ZIP_SUFFIXES:
         return _load_keras_zip(file_path, custom_objects, safe_mode)
@@ -179,6 +185,39 @@ def _unknown_extension_message(path: Path) -> str:
     return message + " Save the model with `model.save('model.keras')` and load that file."
 
 
+# ------------------------------------------------------------------------ KerasHub presets
+
+
+def _import_keras_hub(what: str):
+    try:
+        import keras_hub
+    except ImportError as err:
+        raise ModelLoadError(f"{what} needs KerasHub. Fix: pip install 'tf_lrp[hub]' "
+                             "(or keras-hub)") from err
+    return keras_hub
+
+
+def _load_preset(path: Path) -> keras.Model:
+    """A KerasHub preset directory (``save_to_preset``): the task model when the directory
+    has one (``task.json``, with its preprocessor), else the backbone."""
+    keras_hub = _import_keras_hub(f"'{path}' is a KerasHub preset directory; loading it")
+    try:
+        if (path / "task.json").exists():
+            name = json.loads((path / "task.json").read_text())["class_name"]
+            cls = getattr(keras_hub.models, name, None)
+            if cls is None:
+                raise ModelLoadError(f"'{path}' holds a {name}, which this keras-hub version "
+                                     "does not have. Fix: upgrade keras-hub")
+            model = cls.from_preset(str(path))
+        else:
+            model = keras_hub.models.Backbone.from_preset(str(path))
+    except ModelLoadError:
+        raise
+    except Exception as err:
+        raise _translate_keras_error(err, path) from err
+    return _checked_model(model, path)
+
+
 # ------------------------------------------------------------------------ .keras zip
 
 
@@ -194,6 +233,8 @@ def _load_keras_zip(
             f"re-save it in the legacy HDF5 format, `model.save('model.h5')`, then load that "
             f".h5 file."
         )
+    if _mentions_keras_hub(path):  # KerasHub's classes register themselves on import
+        _import_keras_hub(f"'{path}' holds a KerasHub model; loading it")
     try:
         model = keras.saving.load_model(
             path, custom_objects=custom_objects, compile=False, safe_mode=safe_mode
@@ -201,6 +242,14 @@ def _load_keras_zip(
     except Exception as err:
         raise _translate_keras_error(err, path) from err
     return _checked_model(model, path)
+
+
+def _mentions_keras_hub(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b"keras_hub" in archive.read("config.json")
+    except (KeyError, zipfile.BadZipFile, OSError):
+        return False
 
 
 def _keras_zip_version(path: Path) -> str:
