@@ -4,25 +4,26 @@
     python scripts/hub.py --models BertBackbone,ViTBackbone --out /tmp/hub.md
     python scripts/hub.py --report-only              # rewrite the report from the results
 
-Every class in ``keras_hub.models`` that subclasses ``keras_hub.models.Backbone`` is built from
-its tiny configuration in :data:`TINY` (vocabulary 64, 1-2 layers, hidden size 8-16, 2 heads,
-images of 32 px where the class accepts them; random weights, no preset), in a child process of
-its own (a crash or time-out costs one row; a build over 60 s is skipped). The backbone gets a
-head on its own inputs (:func:`with_head`: the sequence or feature map averaged over its
-positions, then ``Dense(3)``; dual encoders: both towers' embeddings). The batch: 2 samples,
-token ids random in 1..63 over 8 positions, the second sample padded (mask 0, token 0) over its
-last 3; other floats (images, audio, latents) uniform in [0, 1). The analyzer is
-``tf_lrp.Analyzer(model, AttnLRP(epsilon=0.0))``, ``"epsilon_plus"`` for the convolutional
-families in :data:`CNN_FAMILIES`, explaining each sample's highest logit. Recorded: the outcome
-(the exception's first line where tf_lrp refuses), sum(R)/logit per sample (R summed over every
-model input), the same with the relevance stopped by ``NoRelevance`` parts (position
-embeddings) added back (from ``layerwise``), max|analyzer.predict(x) - model.predict(x)|, the
-graph build time (``Analyzer`` + ``for_shape``) and the explanation's time over that of a plain
-``tf.GradientTape`` gradient of the same logits to the float inputs and the embedding matrices
-(both traced; medians of 3 calls after a warm-up).
+Every class in `keras_hub.models` that subclasses `keras_hub.models.Backbone` is built from its
+tiny configuration in `TINY` (vocabulary 64, 1-2 layers, hidden size 8-16, 2 heads, images of
+32 px where the class accepts them; random weights, no preset), in a child process of its own (a
+crash or time-out costs one row; a build over 60 s is skipped). A head on the backbone's own
+inputs averages the sequence or feature map over its positions, then `Dense(3)` (dual encoders:
+both towers' embeddings). The batch: 2 samples, token ids random in 1..63 over 8 positions, the
+second sample padded (mask 0, token 0) over its last 3; other floats (images, audio, latents)
+uniform in [0, 1). The analyzer is `tf_lrp.Analyzer(model, AttnLRP(epsilon=0.0))`
+(`"epsilon_plus"` for the convolutional families in `CNN_FAMILIES`), explaining each sample's
+highest logit. Recorded: the outcome (the exception's first line where tf_lrp refuses);
+sum(R)/logit per sample (R summed over all model inputs); the same plus the relevance that
+`NoRelevance` parts (position embedding layers) keep, from `layerwise`; that sum under
+`CPLRP(epsilon=0.0)`, a conservation check (attention held constant, LRP-0 elsewhere: 1 where
+nothing but constant operands such as position-embedding weights takes relevance);
+max|a.predict(x) - model.predict(x)|; the graph build time (`Analyzer` + `for_shape`); the
+explanation's time over a plain `tf.GradientTape` gradient of the same logits to the float inputs
+and the embedding matrices (both traced; medians of 3 calls after a warm-up).
 
-Each child writes ``<results>/<class>.json``; the parent then writes ``--out`` (default
-``benchmarks/HUB.md``) from every result there.
+Each child writes `<results>/<class>.json`; the parent writes `--out` (default
+`benchmarks/HUB.md`) from every result there.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import datetime
 import importlib
 import inspect
 import json
-import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -72,16 +73,15 @@ def drop(d: dict, *keys: str, **extra: Any) -> dict:
 
 
 I3 = (IMG, IMG, 3)
-T = dict(vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32)
+L = dict(num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32)
+T = dict(L, vocabulary_size=VOCAB)
 TD = dict(T, dropout=0.0, max_sequence_length=SEQ)
-G = dict(vocabulary_size=VOCAB, num_layers=1, num_query_heads=2, num_key_value_heads=1,
-         hidden_dim=16, intermediate_dim=32)
+G = dict(drop(T, "num_heads"), num_query_heads=2, num_key_value_heads=1)
 TXT = dict(T, embedding_dim=16, max_sequence_length=SEQ)
-VIS = dict(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
-           image_shape=I3)
-RESNET = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], block_type="basic_block",
-              stackwise_num_filters=[64, 8, 16, 16], stackwise_num_blocks=[1, 1, 1, 1],
-              stackwise_num_strides=[1, 2, 2, 2])
+VIS = dict(L, patch_size=8, image_shape=I3)
+RESNET = Sub("models.ResNetBackbone", input_conv_filters=[64], input_conv_kernel_sizes=[3],
+             block_type="basic_block", stackwise_num_filters=[64, 8, 16, 16],
+             stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2])
 MIT = dict(layerwise_depths=[1, 1], image_shape=I3, hidden_dims=[8, 16], num_layers=2,
            layerwise_num_heads=[1, 2], layerwise_sr_ratios=[4, 2], max_drop_path_rate=0.0,
            layerwise_patch_sizes=[7, 3], layerwise_strides=[4, 2])
@@ -95,33 +95,27 @@ SMOL = dict(drop(G, "num_query_heads"), num_attention_heads=2, attention_bias=Fa
             rope_theta=10000.0, partial_rotary_factor=1.0)
 T5G = dict(vocabulary_size=VOCAB, sliding_window=4, cross_attention_hidden_size=16, **{
     f"{p}_{k}": v for p in ("encoder", "decoder") for k, v in dict(
-        hidden_dim=16, intermediate_dim=32, num_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, layer_types=["full_attention"]).items()})
+        drop(L, "num_heads"), num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        layer_types=["full_attention"]).items()})
 Q35 = dict(G, num_layers=2, head_dim=8, layer_types=["linear_attention", "full_attention"],
            linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=4,
            linear_value_head_dim=4, linear_conv_kernel_dim=2)
 MOE = dict(moe_intermediate_dim=16, num_experts=2, top_k=2)
-CLIP_G = Sub("models.CLIPTextEncoder", **TXT, intermediate_output_index=0)
-VAE = Sub("src.models.vae.vae_backbone.VAEBackbone", encoder_num_filters=[32, 32],
-          encoder_num_blocks=[1, 1], decoder_num_filters=[32, 32], decoder_num_blocks=[1, 1],
-          sampler_method="mode")
+SAM3 = dict(image_shape=(28, 28, 3), patch_size=14)
 BLIP2 = "src.models.blip2.blip2_"
 #: the tiny configuration of every class: keyword arguments of its constructor
 TINY: dict[str, dict[str, Any]] = {
     "AlbertBackbone": dict(TD, embedding_dim=8), "BartBackbone": TD, "BertBackbone": TD,
-    "BASNetBackbone": dict(image_encoder=Sub("models.ResNetBackbone", **RESNET), num_classes=1,
-                           image_shape=I3),
+    "BASNetBackbone": dict(image_encoder=RESNET, num_classes=1, image_shape=I3),
     "BLIP2Backbone": dict(
-        vision_encoder=Sub(BLIP2 + "vision_encoder.BLIP2VisionEncoder", **drop(
-            VIS, "image_shape"), image_size=IMG, dropout_rate=0.0, use_patch_bias=True,
-            use_class_token=True, use_mha_bias=True, use_mlp_bias=True, layer_norm_epsilon=1e-6,
-            initializer_range=0.02),
-        qformer=Sub(BLIP2 + "qformer.BLIP2QFormer", **drop(T, "vocabulary_size"), dropout=0.0,
-                    num_query_tokens=2, vision_dim=16, cross_attention_frequency=1,
-                    layer_norm_epsilon=1e-6),
-        language_model=Sub(BLIP2 + "custom_opt.BLIP2CustomOPT", **drop(
-            TD, "max_sequence_length"), max_sequence_length=16, num_query_tokens=2,
-                           qformer_hidden_dim=16, language_projection=None)),
+        vision_encoder=Sub(BLIP2 + "vision_encoder.BLIP2VisionEncoder", **drop(VIS, "image_shape"),
+                           image_size=IMG, dropout_rate=0.0, use_patch_bias=True,
+                           use_class_token=True, use_mha_bias=True, use_mlp_bias=True,
+                           layer_norm_epsilon=1e-6, initializer_range=0.02),
+        qformer=Sub(BLIP2 + "qformer.BLIP2QFormer", **L, dropout=0.0, num_query_tokens=2,
+                    vision_dim=16, cross_attention_frequency=1, layer_norm_epsilon=1e-6),
+        language_model=Sub(BLIP2 + "custom_opt.BLIP2CustomOPT", **dict(TD, max_sequence_length=16),
+                           num_query_tokens=2, qformer_hidden_dim=16, language_projection=None)),
     "BloomBackbone": T, "CLIPTextEncoder": TXT, "CLIPVisionEncoder": VIS,
     "CLIPBackbone": dict(vision_encoder=Sub("models.CLIPVisionEncoder", **VIS),
                          text_encoder=Sub("models.CLIPTextEncoder", **TXT), projection_dim=8),
@@ -140,32 +134,28 @@ TINY: dict[str, dict[str, Any]] = {
         decoder_attention_heads=2, decoder_ffn_dim=32, decoder_n_points=[2, 2], lqe_hidden_dim=8,
         num_lqe_layers=1, seed=0),
     "DINOV2Backbone": dict(VIS, position_embedding_shape=I3),
-    "DINOV3Backbone": dict(VIS, num_register_tokens=1),
-    "DebertaV3Backbone": dict(TD, bucket_size=4),
-    "DeepLabV3Backbone": dict(image_encoder=Sub("models.ResNetBackbone", **RESNET),
-                              spatial_pyramid_pooling_key="P4", low_level_feature_key="P2",
-                              upsampling_size=4, dilation_rates=[2], projection_filters=8,
-                              image_shape=I3),
-    "DeiTBackbone": VIS,
+    "DINOV3Backbone": dict(VIS, num_register_tokens=1), "DebertaV3Backbone": dict(TD, bucket_size=4),
+    "DeepLabV3Backbone": dict(image_encoder=RESNET, spatial_pyramid_pooling_key="P4",
+                              low_level_feature_key="P2", upsampling_size=4, dilation_rates=[2],
+                              projection_filters=8, image_shape=I3),
+    "DeiTBackbone": VIS, "DistilBertBackbone": TD, "ESM2Backbone": TD, "ESMBackbone": TD,
     "DenseNetBackbone": dict(stackwise_num_repeats=[1, 1], growth_rate=4, image_shape=I3),
     "DepthAnythingBackbone": dict(
         image_encoder=Sub("models.DINOV2Backbone", **dict(VIS, num_layers=4, image_shape=(
             64, 64, 3)), position_embedding_shape=(64, 64, 3), apply_layernorm=True),
         reassemble_factors=[4, 2, 1, 0.5], neck_hidden_dims=[8, 8, 8, 8], fusion_hidden_dim=8,
         head_hidden_dim=8, head_in_index=-1, feature_keys=["stage1", "stage2", "stage3", "stage4"]),
-    "DistilBertBackbone": TD, "ESM2Backbone": TD, "ESMBackbone": TD,
-    "EdRecBackbone": dict(vocab_size=VOCAB, num_layers_enc=1, num_layers_dec=1, hidden_dim=16,
-                          intermediate_dim=32, num_heads=2),
+    "EdRecBackbone": dict(drop(L, "num_layers"), vocab_size=VOCAB, num_layers_enc=1,
+                          num_layers_dec=1),
     "EfficientNetBackbone": dict(
-        stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 1], stackwise_input_filters=[8, 8],
-        stackwise_output_filters=[8, 16], stackwise_expansion_ratios=[1, 2],
-        stackwise_squeeze_and_excite_ratios=[0.0, 0.25], stackwise_strides=[1, 2],
-        stackwise_block_types=["fused", "unfused"], stackwise_force_input_filters=[0, 0],
-        stackwise_nores_option=[False, False], width_coefficient=1.0, depth_coefficient=1.0,
-        num_features=32),
+        {f"stackwise_{k}": v for k, v in dict(
+            kernel_sizes=[3, 3], num_repeats=[1, 1], input_filters=[8, 8], output_filters=[8, 16],
+            expansion_ratios=[1, 2], squeeze_and_excite_ratios=[0.0, 0.25], strides=[1, 2],
+            block_types=["fused", "unfused"], force_input_filters=[0, 0],
+            nores_option=[False, False]).items()},
+        width_coefficient=1.0, depth_coefficient=1.0, num_features=32),
     "ElectraBackbone": drop(TD, "vocabulary_size", vocab_size=VOCAB, embedding_dim=8),
-    "FNetBackbone": drop(TD, "num_heads"),
-    "FalconBackbone": drop(T, "num_heads", num_attention_heads=2),
+    "FNetBackbone": drop(TD, "num_heads"), "FalconBackbone": drop(T, "num_heads", num_attention_heads=2),
     "FluxBackbone": dict(input_channels=16, hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1,
                          depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, use_bias=True,
                          image_shape=(16, 16), text_shape=(SEQ, 16), image_ids_shape=(16, 3),
@@ -188,10 +178,10 @@ TINY: dict[str, dict[str, Any]] = {
     "MistralBackbone": dict(G, sliding_window=4),
     "MixtralBackbone": dict(G, num_experts=2, top_k=2, sliding_window=4),
     "MobileNetBackbone": dict(
-        stackwise_expansion=[[16], [32]], stackwise_num_blocks=[1, 1],
-        stackwise_num_filters=[[8], [16]], stackwise_kernel_size=[[3], [3]],
-        stackwise_num_strides=[[2], [2]], stackwise_se_ratio=[[None], [0.25]],
-        stackwise_activation=[["relu"], ["hard_swish"]], stackwise_padding=[[1], [1]],
+        {f"stackwise_{k}": v for k, v in dict(
+            expansion=[[16], [32]], num_blocks=[1, 1], num_filters=[[8], [16]],
+            kernel_size=[[3], [3]], num_strides=[[2], [2]], se_ratio=[[None], [0.25]],
+            activation=[["relu"], ["hard_swish"]], padding=[[1], [1]]).items()},
         output_num_filters=32, depthwise_filters=8, depthwise_stride=2, depthwise_residual=False,
         last_layer_filter=32, squeeze_and_excite=0.5, input_num_filters=8, image_shape=I3),
     "MobileNetV5Backbone": dict(
@@ -204,9 +194,9 @@ TINY: dict[str, dict[str, Any]] = {
             "dw_start_kernel_sizes", "dw_end_kernel_sizes", "num_heads", "key_dims",
             "value_dims", "kv_strides")},
         stem_size=8, num_features=32, use_msfa=False, image_shape=I3),
-    "MoonshineBackbone": dict(vocabulary_size=VOCAB, filter_dim=16, encoder_num_layers=1,
-                              decoder_num_layers=1, hidden_dim=16, intermediate_dim=32,
-                              encoder_num_heads=2, decoder_num_heads=2),
+    "MoonshineBackbone": dict(drop(T, "num_layers", "num_heads"), filter_dim=16,
+                              encoder_num_layers=1, decoder_num_layers=1, encoder_num_heads=2,
+                              decoder_num_heads=2),
     "OPTBackbone": TD,
     "PARSeqBackbone": dict(
         image_encoder=Sub("models.ViTBackbone", **drop(VIS, "intermediate_dim"), mlp_dim=32,
@@ -216,39 +206,35 @@ TINY: dict[str, dict[str, Any]] = {
         attention_dropout=0.0),
     "PaliGemmaBackbone": dict(G, image_size=16, head_dim=8, vit_patch_size=8, vit_num_heads=2,
                               vit_hidden_dim=16, vit_num_layers=1, vit_intermediate_dim=32),
-    "Phi3Backbone": G, "Qwen2Backbone": G, "QwenBackbone": G,
-    "Qwen3Backbone": dict(G, head_dim=8), "Qwen3MoeBackbone": dict(G, **MOE, head_dim=8),
-    "Qwen3_5Backbone": Q35,
+    "Phi3Backbone": G, "Qwen2Backbone": G, "QwenBackbone": G, "Qwen3Backbone": dict(G, head_dim=8),
+    "Qwen3MoeBackbone": dict(G, **MOE, head_dim=8), "Qwen3_5Backbone": Q35,
     "Qwen3_5MoeBackbone": drop(Q35, "intermediate_dim", **MOE, shared_expert_intermediate_size=16),
     "QwenMoeBackbone": dict(G, **MOE, shared_expert_intermediate_dim=16),
-    "RWKV7Backbone": dict(hidden_size=16, head_size=8, num_layers=1, vocabulary_size=VOCAB,
-                          intermediate_dim=32, gate_lora=8, mv_lora=8, aaa_lora=8, decay_lora=8),
-    "ResNetBackbone": dict(RESNET, stackwise_num_filters=[64, 16], stackwise_num_blocks=[1, 1],
+    "RWKV7Backbone": dict(drop(T, "num_heads", "hidden_dim"), hidden_size=16, head_size=8,
+                          gate_lora=8, mv_lora=8, aaa_lora=8, decay_lora=8),
+    "ResNetBackbone": dict(RESNET.kwargs, stackwise_num_filters=[64, 16], stackwise_num_blocks=[1, 1],
                            stackwise_num_strides=[1, 2]),
-    "RetinaNetBackbone": dict(image_encoder=Sub("models.ResNetBackbone", **RESNET), min_level=3,
-                              max_level=5, use_p5=True, image_shape=I3),
+    "RetinaNetBackbone": dict(image_encoder=RESNET, min_level=3, max_level=5, use_p5=True,
+                              image_shape=I3),
     "RobertaBackbone": TD, "RoformerV2Backbone": dict(T, head_size=8, dropout=0.0),
     "SAM3PromptableConceptBackbone": dict(
-        vision_encoder=Sub("layers.SAM3VisionEncoder", **drop(VIS, "patch_size", "image_shape"),
-                           image_shape=(28, 28, 3), patch_size=14, fpn_hidden_dim=16,
+        vision_encoder=Sub("layers.SAM3VisionEncoder", **L, **SAM3, fpn_hidden_dim=16,
                            fpn_scale_factors=[4.0, 2.0, 1.0, 0.5], pretrain_image_shape=(28, 28, 3),
                            window_size=2, global_attn_indexes=[0]),
         text_encoder=Sub("layers.SAM3TextEncoder", **drop(TXT, "max_sequence_length")),
-        geometry_encoder=Sub("layers.SAM3GeometryEncoder", **drop(T, "vocabulary_size"),
-                             roi_size=7),
-        detr_encoder=Sub("layers.SAM3DetrEncoder", **drop(T, "vocabulary_size")),
-        detr_decoder=Sub("layers.SAM3DetrDecoder", **drop(T, "vocabulary_size"),
-                         image_shape=(28, 28, 3), patch_size=14, num_queries=4),
+        geometry_encoder=Sub("layers.SAM3GeometryEncoder", **L, roi_size=7),
+        detr_encoder=Sub("layers.SAM3DetrEncoder", **L),
+        detr_decoder=Sub("layers.SAM3DetrDecoder", **L, **SAM3, num_queries=4),
         mask_decoder=Sub("layers.SAM3MaskDecoder", num_upsampling_stages=3, hidden_dim=16,
                          num_heads=2)),
     "SAMBackbone": dict(
-        image_encoder=Sub("models.ViTDetBackbone", hidden_size=16, num_layers=2, intermediate_dim=32,
-                          num_heads=2, global_attention_layer_indices=[1], patch_size=4,
-                          num_output_channels=8, window_size=2, image_shape=I3),
+        image_encoder=Sub("models.ViTDetBackbone", **drop(VIS, "hidden_dim", "patch_size"),
+                          hidden_size=16, global_attention_layer_indices=[0], patch_size=4,
+                          num_output_channels=8, window_size=2),
         prompt_encoder=Sub("layers.SAMPromptEncoder", hidden_size=8, image_embedding_size=(8, 8),
                            input_image_size=(IMG, IMG), mask_in_channels=16),
-        mask_decoder=Sub("layers.SAMMaskDecoder", num_layers=1, hidden_size=16, intermediate_dim=32,
-                         num_heads=2, embedding_dim=8, num_multimask_outputs=3, iou_head_depth=2,
+        mask_decoder=Sub("layers.SAMMaskDecoder", **drop(L, "hidden_dim"), hidden_size=16,
+                         embedding_dim=8, num_multimask_outputs=3, iou_head_depth=2,
                          iou_head_hidden_dim=8)),
     "SegFormerBackbone": dict(image_encoder=Sub("models.MiTBackbone", **MIT), projection_filters=8),
     "SigLIPBackbone": dict(vision_encoder=Sub("models.SigLIPVisionEncoder", **VIS),
@@ -257,17 +243,20 @@ TINY: dict[str, dict[str, Any]] = {
     "SmolLMBackbone": SMOL,
     "StableDiffusion3Backbone": dict(
         mmdit_patch_size=2, mmdit_hidden_dim=16, mmdit_num_layers=1, mmdit_num_heads=2,
-        mmdit_position_size=16, mmdit_qk_norm=None, mmdit_dual_attention_indices=None, vae=VAE,
-        clip_l=CLIP_G, clip_g=CLIP_G, image_shape=I3),
+        mmdit_position_size=16, mmdit_qk_norm=None, mmdit_dual_attention_indices=None,
+        vae=Sub("src.models.vae.vae_backbone.VAEBackbone", encoder_num_filters=[32, 32],
+                encoder_num_blocks=[1, 1], decoder_num_filters=[32, 32], decoder_num_blocks=[1, 1],
+                sampler_method="mode"),
+        clip_l=Sub("models.CLIPTextEncoder", **TXT, intermediate_output_index=0),
+        clip_g=Sub("models.CLIPTextEncoder", **TXT, intermediate_output_index=0), image_shape=I3),
     "SwinTransformerBackbone": dict(image_shape=I3, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
                                     window_size=4, drop_path=0.0),
     "T5Backbone": dict(T, dropout=0.0), "T5GemmaBackbone": T5G,
     "T5Gemma2Backbone": dict(T5G, eoi_token_index=VOCAB - 1),
     "VGGBackbone": dict(stackwise_num_repeats=[1, 1], stackwise_num_filters=[8, 16], image_shape=I3),
     "ViTBackbone": drop(VIS, "intermediate_dim", mlp_dim=32),
-    "ViTDetBackbone": dict(hidden_size=16, num_layers=1, intermediate_dim=32, num_heads=2,
-                           global_attention_layer_indices=[0], image_shape=I3, patch_size=8,
-                           num_output_channels=8, window_size=2),
+    "ViTDetBackbone": dict(drop(VIS, "hidden_dim"), hidden_size=16, num_output_channels=8,
+                           global_attention_layer_indices=[0], window_size=2),
     "VideoPrismBackbone": dict(drop(VIS, "num_layers"), num_frames=2, num_spatial_layers=1,
                                num_temporal_layers=1, num_auxiliary_layers=0),
     "WhisperBackbone": dict(T, num_mels=8, max_encoder_sequence_length=32,
@@ -300,7 +289,7 @@ def log(message: str) -> None:
 
 
 def backbone_classes() -> dict[str, type]:
-    """Every Backbone subclass exported by ``keras_hub.models``, by name."""
+    """Every Backbone subclass exported by `keras_hub.models`, by name."""
     import keras_hub
 
     base = keras_hub.models.Backbone
@@ -309,80 +298,64 @@ def backbone_classes() -> dict[str, type]:
             and c is not base}
 
 
-def family(cls: type) -> str:
-    return cls.__module__.split("keras_hub.src.models.")[-1].split(".")[0]
-
-
 def failure(exc: BaseException, **row: Any) -> dict:
-    """``row`` with the exception: its first line, the items a tf_lrp refusal lists
-    (``  - layer: why``), and the message (for the log)."""
-    lines = str(exc).strip().splitlines() or [""]
-    return dict(row, reason=f"{type(exc).__name__}: {lines[0]}"[:400],
-                items=[ln.strip()[2:] for ln in lines if ln.startswith("  - ")],
-                message=str(exc)[:3000])
+    """`row` with the exception's first line (`reason`) and `detail`: the items a tf_lrp refusal
+    lists (`  - layer: why`), or the message inside a Keras "Exception encountered" wrapper."""
+    raw = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(exc)).splitlines()
+    lines = [ln for ln in (re.sub(r"\x1b\[[0-9;]*m", "", r).strip() for r in raw) if ln] or [""]
+    items = [r.strip()[2:] for r in raw if r.startswith("  - ")]
+    inner = lines[1:2] if lines[0].startswith("Exception encountered") else []
+    return dict(row, reason=f"{type(exc).__name__}: {lines[0]}"[:400], detail=items or inner)
 
 
-def make_inputs(name: str, backbone, kwargs: dict) -> Any:
+def make_inputs(name: str, backbone) -> Any:
     """A seeded batch in the backbone's input structure (see the module docstring)."""
-    rng = np.random.default_rng(0)
-    vocab = next((kwargs[k] for k in ("vocabulary_size", "vocab_size", "text_vocab_size")
-                  if k in kwargs), VOCAB)
+    rng, kw = np.random.default_rng(0), TINY[name]
+    vocab = next((kw[k] for k in ("vocabulary_size", "vocab_size", "text_vocab_size") if k in kw),
+                 VOCAB)
     spec = backbone.input
     listed = spec if isinstance(spec, list) else [spec]
-    items = spec.items() if isinstance(spec, dict) else [(t.name, t) for t in listed]
     out = {}
-    for key, t in items:
+    for key, t in spec.items() if isinstance(spec, dict) else [(t.name, t) for t in listed]:
         shape = (BATCH, *(SHAPES.get(name, {}).get(key) or tuple(
             (IMG if len(t.shape) >= 4 else SEQ) if d is None else d for d in t.shape[1:])))
         if "float" in str(t.dtype):
             out[key] = rng.uniform(0.0, 1.0, shape).astype(str(t.dtype))
             continue
-        value = np.zeros(shape, "int64")
-        if "token_ids" in key:
-            value = rng.integers(1, vocab, shape)
-        if "padding_mask" in key:
-            value = np.ones(shape, "int64")
+        value = rng.integers(1, vocab, shape) if "token_ids" in key else np.full(
+            shape, int("padding_mask" in key))
         if ("token_ids" in key or "padding_mask" in key) and len(shape) == 2:
             value[1, -PAD:] = 0
         out[key] = value.astype(str(t.dtype))
-    return out if isinstance(spec, dict) else [out[t.name] for t in listed] if isinstance(
-        spec, list) else out[spec.name]
+    if isinstance(spec, dict):
+        return out
+    return [out[t.name] for t in listed] if isinstance(spec, list) else out[spec.name]
 
 
 def kind(model, xs: list) -> str:
     """text / image / video / sequence (float sequences: audio, latents), joined by +."""
     found = {"text"} if any("token_ids" in t.name for t in model.inputs) else set()
-    found |= {{3: "sequence", 4: "image", 5: "video"}.get(v.ndim, "tensor")
-              for v in xs if v.dtype.kind == "f" and v.ndim >= 3}
-    return "+".join(sorted(found)) or "other"
+    return "+".join(sorted(found | {{3: "sequence", 4: "image", 5: "video"}.get(v.ndim, "tensor")
+                                    for v in xs if v.dtype.kind == "f" and v.ndim > 2 and v.size}))
 
 
-def pooled(x):
-    """``x`` averaged over every axis but the batch and the last one."""
+def with_head(name: str, backbone):
+    """`keras.Model(backbone inputs, Dense(3)(backbone output averaged over its positions))`."""
     import keras
 
     pools = {3: keras.layers.GlobalAveragePooling1D, 4: keras.layers.GlobalAveragePooling2D,
              5: keras.layers.GlobalAveragePooling3D}
-    return x if len(x.shape) == 2 else pools[len(x.shape)]()(x)
-
-
-def with_head(name: str, backbone):
-    """``keras.Model(backbone inputs, Dense(3)(pooled backbone output))``."""
-    import keras
-
-    inputs = backbone.input
-    if name in DUAL:  # the embeddings of both towers, concatenated
+    if name in DUAL:  # the embeddings of both towers
         out = list(backbone.get_layer(DUAL[name]).input)
     else:
-        out = backbone(inputs)
+        out = backbone(backbone.input)
         if isinstance(out, dict):
             keys = OUTPUT.get(name) or [next((k for k in PREFERRED if k in out), list(out)[-1])]
-            out = [out[k] for k in keys] if len(keys) > 1 else out[keys[0]]
-        elif isinstance(out, (list, tuple)):
-            out = out[-1]
-    feats = keras.layers.Concatenate()([pooled(o) for o in out]) if isinstance(
-        out, list) else pooled(out)
-    return keras.Model(inputs, keras.layers.Dense(3, name="head")(feats), name=f"{name}_head")
+            out = [out[k] for k in keys]
+        out = out[-1:] if isinstance(out, tuple) else out if isinstance(out, list) else [out]
+    out = [o if len(o.shape) == 2 else pools[len(o.shape)]()(o) for o in out]
+    feats = keras.layers.Concatenate()(out) if len(out) > 1 else out[0]
+    return keras.Model(backbone.input, keras.layers.Dense(3, name="head")(feats), name=name)
 
 
 def gradient_fn(model, xs: list) -> Callable[[Any], Any]:
@@ -391,17 +364,17 @@ def gradient_fn(model, xs: list) -> Callable[[Any], Any]:
     import tensorflow as tf
 
     tensors = [tf.constant(v) for v in xs]
-    floats = [t for t in tensors if t.dtype.is_floating]
-    embeddings = [w.value for layer in model._flatten_layers()
-                  if isinstance(layer, keras.layers.Embedding) for w in layer.trainable_weights]
+    sources = [t for t in tensors if t.dtype.is_floating] + [
+        w.value for layer in model._flatten_layers() if isinstance(layer, keras.layers.Embedding)
+        for w in layer.trainable_weights]
 
     @tf.function
     def grad(targets):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(floats + embeddings)
+            tape.watch(sources)
             y = model(keras.tree.pack_sequence_as(model._inputs_struct, tensors), training=False)
             logit = tf.reduce_sum(tf.gather(y, targets, axis=1, batch_dims=1))
-        return tape.gradient(logit, floats + embeddings)
+        return tape.gradient(logit, sources)
 
     return grad
 
@@ -415,8 +388,20 @@ def median_time(fn: Callable[[], Any], rounds: int = 3) -> float:
     return statistics.median(times)
 
 
-def per_sample(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    return sum(np.asarray(r, "float64").reshape(BATCH, -1).sum(axis=1) for r in arrays)
+def relevance_ratios(a, arg, targets: np.ndarray, logit: np.ndarray) -> tuple[list, list]:
+    """sum(R)/logit per sample, and the same with what `NoRelevance` parts keep added."""
+    R = a(arg, target=targets)
+    total = sum(np.asarray(r, "float64").reshape(BATCH, -1).sum(1) for r in as_list(R))
+    shaped = a.for_shape([np.shape(v)[1:] for v in as_list(arg)])
+    layers = shaped.layerwise(arg, targets)
+    kept = sum(np.asarray(layers[n], "float64").reshape(BATCH, -1).sum(1)
+               for n, _, rule in shaped.rule_table() if rule.startswith("NoRelevance")
+               and n in layers)
+    return (total / logit).tolist(), ((total + kept) / logit).tolist()
+
+
+def as_list(x: Any) -> list:
+    return list(x) if isinstance(x, list) else [x]
 
 
 def measure(name: str) -> dict:
@@ -427,10 +412,10 @@ def measure(name: str) -> dict:
     import tf_lrp
 
     cls = backbone_classes()[name]
-    row: dict[str, Any] = {"class": name, "family": family(cls), "outcome": "not built"}
+    row: dict[str, Any] = {"class": name, "outcome": "not built",
+                           "family": cls.__module__.split("keras_hub.src.models.")[-1].split(".")[0]}
     if name not in TINY:
-        return dict(row, outcome="not configured",
-                    reason=NOT_CONFIGURABLE.get(name, "no tiny configuration in TINY"))
+        return dict(row, outcome="not configured", reason=NOT_CONFIGURABLE.get(name, "no TINY"))
     keras.utils.set_random_seed(0)
     try:  # keras_hub's part: the tiny backbone, the head, a forward pass
         t0 = time.perf_counter()
@@ -440,7 +425,7 @@ def measure(name: str) -> dict:
             return dict(row, outcome="skipped",
                         reason=f"tiny build took {row['backbone_s']:.0f} s > {BUILD_LIMIT:.0f} s")
         model = with_head(name, backbone)
-        x = make_inputs(name, backbone, TINY[name])
+        x = make_inputs(name, backbone)
         xs = keras.tree.flatten(x)
         row.update(kind=kind(model, xs), params=int(model.count_params()),
                    inputs={t.name: list(v.shape) for t, v in zip(model.inputs, xs)})
@@ -449,41 +434,32 @@ def measure(name: str) -> dict:
         traceback.print_exc()
         return failure(exc, **row)
     cnn = row["family"] in CNN_FAMILIES
-    comp = "epsilon_plus" if cnn else tf_lrp.composites.AttnLRP(epsilon=0.0)
     row["composite"] = "EpsilonPlus" if cnn else "AttnLRP(epsilon=0)"
     arg = xs if len(xs) > 1 else xs[0]
-    row["stage"] = "Analyzer"
     try:
-        t0 = time.perf_counter()
-        a = tf_lrp.Analyzer(model, comp)
+        row["stage"], t0 = "Analyzer", time.perf_counter()
+        a = tf_lrp.Analyzer(model, "epsilon_plus" if cnn else tf_lrp.composites.AttnLRP(0.0))
         row["deferred"] = a.__dict__.get("_deferred") is not None
-        shaped = a.for_shape([v.shape[1:] for v in xs])
-        row["build_s"] = time.perf_counter() - t0
-        row["nodes"], row["stage"] = len(shaped.rule_table()), "predict"
+        row["nodes"] = len(a.for_shape([v.shape[1:] for v in xs]).rule_table())
+        row["build_s"], row["stage"] = time.perf_counter() - t0, "predict"
         pred = np.asarray(a.predict(arg))
         row["logits_max_diff"] = float(np.max(np.abs(pred - logits)))
         targets = np.argmax(pred, axis=1).astype("int32")
-        row["stage"] = "explain"
-        t0 = time.perf_counter()
+        row["stage"], t0 = "explain", time.perf_counter()
         R = a(arg, target=targets)
         row["first_call_s"] = time.perf_counter() - t0
+        logit = pred[np.arange(BATCH), targets].astype("float64")
+        row["ratio"], row["ratio_kept"] = relevance_ratios(a, arg, targets, logit)
+        row["nan"] = bool(any(not np.all(np.isfinite(r)) for r in as_list(R)))
     except Exception as exc:
         traceback.print_exc()
         return failure(exc, **dict(row, outcome="refused"))
-    Rs = R if isinstance(R, list) else [R]
-    logit = pred[np.arange(BATCH), targets].astype("float64")
-    row.update(outcome="explained", stage=None, logits=logit.tolist(),
-               ratio=(per_sample(Rs) / logit).tolist(),
-               nan=bool(any(not np.all(np.isfinite(r)) for r in Rs)))
-    try:  # relevance stopped by NoRelevance parts (position embeddings, masks)
-        layers = shaped.layerwise(arg, targets)
-        stopped = [n for n, _, rule in shaped.rule_table() if rule.startswith("NoRelevance")
-                   and n in layers]
-        row["stopped_by"] = stopped
-        row["ratio_with_stopped"] = ((per_sample(Rs) + per_sample([layers[n] for n in stopped]))
-                                     / logit).tolist()
+    row.update(outcome="explained", stage=None, logits=logit.tolist())
+    try:
+        cp = tf_lrp.Analyzer(model, tf_lrp.composites.CPLRP(0.0))
+        row["ratio_cp"] = relevance_ratios(cp, arg, targets, logit)[1]
     except Exception as exc:
-        row["layerwise_error"] = failure(exc)["reason"]
+        row["cp_error"] = "CP-LRP check: " + failure(exc)["reason"]
     try:
         grad, tt = gradient_fn(model, xs), tf.constant(targets)
         grad(tt)
@@ -496,23 +472,20 @@ def measure(name: str) -> dict:
     return row
 
 
-# ------------------------------------------------------------------------------ processes
 def run_child(name: str, args: argparse.Namespace) -> dict:
     """Measure one class in a fresh Python process; its result row."""
     path = args.results / f"{name}.json"
     path.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "--worker", name, "--results", str(args.results)]
     t0 = time.perf_counter()
     try:
-        code: Any = subprocess.run(cmd, timeout=args.timeout).returncode
+        code: Any = subprocess.run([sys.executable, __file__, "--worker", name, "--results",
+                                    str(args.results)], timeout=args.timeout).returncode
     except subprocess.TimeoutExpired:
         code = f"time-out after {args.timeout:.0f} s"
-    if path.exists():
-        return json.loads(path.read_text())
-    row = {"class": name, "family": family(backbone_classes()[name]), "outcome": "crashed",
-           "reason": f"child process failed ({code}) after {time.perf_counter() - t0:.0f} s"}
-    path.write_text(json.dumps(row, indent=1))
-    return row
+    if not path.exists():
+        path.write_text(json.dumps({"class": name, "outcome": "crashed", "reason": f"child "
+                                    f"process failed ({code}) after {time.perf_counter() - t0:.0f} s"}))
+    return json.loads(path.read_text())
 
 
 def worker(name: str, args: argparse.Namespace) -> int:
@@ -529,24 +502,22 @@ def worker(name: str, args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------ report
 def _f(values: Any, fmt: str = ".2f") -> str:
     values = values if isinstance(values, list) else [values]
-    if any(v is None for v in values):
-        return "-"
-    return ", ".join(format(v, fmt) if math.isfinite(v) else str(v) for v in values)
+    return "-" if any(v is None for v in values) else ", ".join(format(v, fmt) for v in values)
 
 
-def why(row: dict) -> str:
-    """The reason column: stage, first line, and the first item a refusal lists."""
-    text = (f"{row['stage']}: " if row.get("stage") else "") + row.get("reason", "")
-    items = row.get("items") or []
-    if items:
-        text += f" {items[0][:220]}" + (f" (+{len(items) - 1} more)" if len(items) > 1 else "")
-    return text.replace("|", "\\|").replace("\n", " ")
+def cause(row: dict) -> str:
+    """A refusal's cause: its first item's reason (with the class for unknown layer types) or
+    the inner message, else its first line."""
+    text = next(iter(row.get("detail") or []), "") or row.get("reason", "")
+    if m := re.match(r"^(\S+) \(\d+ layers?: .*?\): (.*)$", text):
+        text = f"{m[2]}: {m[1].split('.')[-1]}" if "layer type" in m[2] else m[2]
+    return text[:160]
 
 
 def report(rows: Sequence[dict], argv: Sequence[str]) -> str:
+    """The markdown report: how it was made, counts, one row per class, refusals by cause."""
     import keras
     import keras_hub
     import tensorflow as tf
@@ -555,30 +526,38 @@ def report(rows: Sequence[dict], argv: Sequence[str]) -> str:
     from benchmark import cpu_name
     from zoo import git_commit
 
-    done = [r for r in rows if r["outcome"] == "explained"]
     counts = {k: sum(r["outcome"] == k for r in rows) for k in sorted({r["outcome"] for r in rows})}
     dates = sorted(r["date"] for r in rows if "date" in r) or ["?"]
-    how = (__doc__ or "").split("\n\n")[2].split("\n\nEach child")[0].replace("\n", " ")
     lines = [
         "# KerasHub backbones", "",
         f"`python scripts/hub.py {' '.join(argv)}`; tf_lrp at {git_commit()}; measured "
-        f"{dates[0]} to {dates[-1]} on {cpu_name()}, {os.cpu_count()} cores (CPU only, "
-        f"shared, so times are indicative); Python {platform.python_version()}, TensorFlow "
-        f"{tf.__version__}, Keras {keras.__version__}, keras-hub {keras_hub.__version__}.", "",
-        how, "",
-        f"**{len(done)} explained of {len(rows)}** backbone classes ("
-        + ", ".join(f"{k}: {n}" for k, n in counts.items()) + "). *sum(R)/logit* per sample; "
-        "*+ stopped* adds the relevance that `NoRelevance` parts (position embeddings) keep. "
-        "*build s*: `Analyzer` + `for_shape`; *explain / gradient*: time ratio.", "",
-        "| class | family / kind | composite | outcome | sum(R)/logit | + stopped | logits max "
-        "diff | build s | explain / gradient | reason |", "|---|---|---|---|---|---|---|---|---|---|"]
+        f"{dates[0]} to {dates[-1]} on {cpu_name()}, {os.cpu_count()} cores (CPU only, shared: "
+        f"times are indicative); Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, keras-hub {keras_hub.__version__}.", "",
+        (__doc__ or "").split("\n\n")[2].replace("\n", " "), "",
+        f"**{counts.get('explained', 0)} explained of {len(rows)}** backbone classes ("
+        + ", ".join(f"{k}: {n}" for k, n in counts.items()) + ").", "",
+        "| class | family / kind | composite | outcome | sum(R)/logit | + kept | CP-LRP check "
+        "| logits max diff | build s | explain / gradient | reason |", "|" + "---|" * 11]
     for r in rows:
-        flag = " **NaN**" if r.get("nan") else ""
+        reason = (f"{r['stage']}: " if r.get("stage") else "") + r.get(
+            "reason", r.get("cp_error", "")) + "".join(
+            f" {d[:200]}" for d in (r.get("detail") or [])[:1]) + (
+            f" (+{len(r['detail']) - 1} more)" if len(r.get("detail") or []) > 1 else "")
         lines.append(
-            f"| {r['class']} | {r.get('family', '?')} / {r.get('kind', '-')} | "
-            f"{r.get('composite', '-')} | {r['outcome']} | {_f(r.get('ratio'))}{flag} | "
-            f"{_f(r.get('ratio_with_stopped'))} | {_f(r.get('logits_max_diff'), '.0e')} | "
-            f"{_f(r.get('build_s'), '.1f')} | {_f(r.get('time_ratio'), '.1f')} | {why(r)} |")
+            f"| {r['class']} | {r.get('family', '?')} / {r.get('kind') or '-'} | "
+            f"{r.get('composite', '-')} | {r['outcome']} | {_f(r.get('ratio'))}"
+            f"{' **NaN**' if r.get('nan') else ''} | {_f(r.get('ratio_kept'))} | "
+            f"{_f(r.get('ratio_cp'))} | {_f(r.get('logits_max_diff'), '.0e')} | "
+            f"{_f(r.get('build_s'), '.1f')} | {_f(r.get('time_ratio'), '.1f')} | "
+            f"{reason.replace('|', '/')} |")
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        if r["outcome"] not in ("explained", "not configured"):
+            groups.setdefault(cause(r), []).append(r["class"])
+    lines += ["", "## Not explained, by cause", ""] + [
+        f"- {c.replace('|', '/')} ({len(ns)}): {', '.join(ns)}"
+        for c, ns in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
     return "\n".join(lines) + "\n"
 
 

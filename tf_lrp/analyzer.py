@@ -93,7 +93,7 @@ class Analyzer(BaseAnalyzer):
     relevance_filter
         ``None`` (off) or a fraction in (0, 1]: before every layer with weights, only the top
         fraction of relevance values of each sample (largest values) pass; the others are set to 0.
-    output, batch_size, jit_compile, input_shapes
+    output, batch_size, jit_compile, input_shapes, input_batch
         See :class:`BaseAnalyzer`.
     **composite_kwargs
         Arguments of a composite given by name.
@@ -108,7 +108,8 @@ class Analyzer(BaseAnalyzer):
     def __init__(self, model, composite=None, *, start: str = "output",
                  relevance_filter: float | None = None, output: int | str | None = None,
                  batch_size: int | None = None, jit_compile: bool = False,
-                 input_shapes: list[tuple] | None = None, **composite_kwargs):
+                 input_shapes: list[tuple] | None = None, input_batch: int | None = None,
+                 **composite_kwargs):
         if start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
         if relevance_filter is not None and not 0 < relevance_filter <= 1:
@@ -117,7 +118,7 @@ class Analyzer(BaseAnalyzer):
         self.start = start
         self.relevance_filter = relevance_filter
         super().__init__(model, output=output, batch_size=batch_size, jit_compile=jit_compile,
-                         input_shapes=input_shapes)
+                         input_shapes=input_shapes, input_batch=input_batch)
         self.rules = self._assign_rules()
         self._silent = plan.silent_negatives(self.graph, self.rules)
         self._chains = plan.input_chains(self.graph)

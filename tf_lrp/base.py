@@ -30,25 +30,46 @@ class _NeedsShapes(Exception):
     """Raised by :class:`BaseAnalyzer` when the graph can only be built for known input sizes."""
 
 
+#: the size that stands for an unknown one when a deferred analyzer is probed at construction
+PROBE_SIZE = 8
+
+
 class _PerShape(type):
     """Metaclass of the analyzers: an analyzer whose model can only be walked for known input
-    sizes (a custom layer that builds a causal mask with ``ops.arange(sequence_length)``) is
-    created *deferred*; its first call builds the analyzer for that input's shape
-    (:meth:`BaseAnalyzer.for_shape`), and later calls reuse it."""
+    sizes (a custom layer that builds a causal mask with ``ops.arange(sequence_length)``, or a
+    class token tiled to the batch size) is created *deferred*; its first call builds the
+    analyzer for that input's shape (:meth:`BaseAnalyzer.for_shape`), and later calls reuse it.
+
+    At construction the analyzer is built once for a probe shape (unknown sizes
+    ``PROBE_SIZE``; the batch too, where the sizes alone do not suffice), so that a model that
+    cannot be explained is refused then, not at the first call.
+    """
 
     def __call__(cls, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
         except _NeedsShapes as needs:
-            obj = cls.__new__(cls)
-            obj.model, obj._input_names = needs.args
-            # the model as loaded or converted once (a path, a float32 copy), not again per shape
-            args, kwargs = ((obj.model, *args[1:]), kwargs) if args else \
-                (args, {**kwargs, "model": obj.model})
-            obj._deferred = (args, kwargs)
-            obj._by_shape = {}
-            obj.batch_size = kwargs.get("batch_size")
-            return obj
+            model, names, free_shapes, given = needs.args
+        # the model as loaded or converted once (a path, a float32 copy), not again per shape
+        args, kwargs = ((model, *args[1:]), kwargs) if args else \
+            (args, {**kwargs, "model": model})
+        probe = given or [tuple(PROBE_SIZE if d is None else d for d in s) for s in free_shapes]
+        try:
+            built = super().__call__(*args, **{**kwargs, "input_shapes": probe})
+            per_batch = False
+        except _NeedsShapes:  # the sizes alone do not do: the batch size must be known too
+            built = super().__call__(*args, **{**kwargs, "input_shapes": probe,
+                                              "input_batch": 2})
+            per_batch = True
+        if given is not None and not per_batch:
+            return built
+        obj = cls.__new__(cls)
+        obj.model, obj._input_names = model, names
+        obj._deferred = (args, kwargs)
+        obj._per_batch = per_batch
+        obj._by_shape = {(2 if per_batch else None, tuple(map(tuple, probe))): built}
+        obj.batch_size = kwargs.get("batch_size")
+        return obj
 
 
 def _specializes(method):
@@ -58,10 +79,17 @@ def _specializes(method):
     def wrapper(self, x, *args, **kwargs):
         if self.__dict__.get("_deferred") is not None:
             shapes = _shapes_of(x, self._input_names)
-            return getattr(self.for_shape(shapes), method.__name__)(x, *args, **kwargs)
+            batch = _batch_of(x) if self._per_batch else None
+            return getattr(self.for_shape(shapes, batch), method.__name__)(x, *args, **kwargs)
         return method(self, x, *args, **kwargs)
 
     return wrapper
+
+
+def _batch_of(x) -> int:
+    first = next(iter(x.values())) if isinstance(x, dict) else \
+        x[0] if isinstance(x, (list, tuple)) else x
+    return int(np.shape(first)[0])
 
 
 def _shapes_of(x, names: list[str]) -> list[tuple]:
@@ -89,11 +117,12 @@ class BaseAnalyzer(metaclass=_PerShape):
         smaller step.
     jit_compile
         Compile the traced function with XLA (off by default: slower on CPU in our tests).
-    input_shapes
+    input_shapes, input_batch
         The sizes of the model's inputs (without the batch axis) where the model leaves some
-        open. Needed only where a custom layer can be flattened for known sizes alone (a causal
-        mask built from the sequence length); without it, such an analyzer is built on its first
-        call for that input's shape, and again for each new shape (:meth:`for_shape`).
+        open, and the batch size. Needed only where a custom layer can be flattened for known
+        sizes alone (a causal mask built from the sequence length, a class token tiled to the
+        batch); without them, such an analyzer is built on its first call for that input's
+        shape (and batch size, where needed), and again for each new one (:meth:`for_shape`).
 
     Notes
     -----
@@ -102,7 +131,7 @@ class BaseAnalyzer(metaclass=_PerShape):
 
     def __init__(self, model, *, output: int | str | None = None,
                  batch_size: int | None = None, jit_compile: bool = False,
-                 input_shapes: list[tuple] | None = None):
+                 input_shapes: list[tuple] | None = None, input_batch: int | None = None):
         if isinstance(model, (str, os.PathLike)):
             from tf_lrp.io import load_model
 
@@ -125,15 +154,16 @@ class BaseAnalyzer(metaclass=_PerShape):
                           "copy of it (its weights cast; later weight changes are not seen)",
                           stacklevel=3)
             model = keras_adapter.float32_copy(model)
+        if input_batch is not None:  # a graph for this batch size only: one step each call
+            batch_size = None
         self.model = model
         self.batch_size = batch_size
         self._memory_cap: int | None = None  # lowered when a step runs out of memory
         self._deferred = None
         shapes = None if input_shapes is None else [tuple(s) for s in input_shapes]
-        graph = build_graph(model, shapes, keep=self._keeps_whole)
-        if graph.needs_shapes and shapes is None and \
-                any(d is None for s in graph.input_shapes for d in s):
-            raise _NeedsShapes(model, graph.input_names)
+        graph = build_graph(model, shapes, keep=self._keeps_whole, batch=input_batch)
+        if graph.needs_shapes and input_batch is None:
+            raise _NeedsShapes(model, graph.input_names, graph.input_shapes, shapes)
         self.graph: Graph = canonizers.canonize(graph)
         self._output_key = self._select_output(output)
         out_shape = self.graph.shapes.get(self._output_key, (None,))[1:]
@@ -152,18 +182,26 @@ class BaseAnalyzer(metaclass=_PerShape):
         maps a rule to it; the gradient baselines flatten every custom layer."""
         return False
 
-    def for_shape(self, input_shapes: list[tuple]) -> BaseAnalyzer:
+    def for_shape(self, input_shapes: list[tuple], batch: int | None = None) -> BaseAnalyzer:
         """This analyzer built for inputs of the given sizes (without the batch axis).
 
         For a deferred analyzer (see ``input_shapes``) the result is built once per shape and
-        kept; for any other, the analyzer itself.
+        kept; for any other, the analyzer itself. ``batch``: the batch size, for models whose
+        graph depends on it too (a class token tiled to the batch; then each batch size given
+        builds its own analyzer, which takes the whole batch in one step).
         """
         if self.__dict__.get("_deferred") is None:
             return self
-        key = tuple(tuple(s) for s in input_shapes)
+        batch = batch if self._per_batch else None
+        if self._per_batch and batch is None:
+            batch = 2
+        key = (batch, tuple(tuple(s) for s in input_shapes))
         if key not in self._by_shape:
             args, kwargs = self._deferred
-            self._by_shape[key] = type(self)(*args, **{**kwargs, "input_shapes": list(key)})
+            extra = {"input_shapes": list(key[1])}
+            if batch is not None:
+                extra["input_batch"] = batch
+            self._by_shape[key] = type(self)(*args, **{**kwargs, **extra})
         return self._by_shape[key]
 
     def __getattr__(self, name: str):

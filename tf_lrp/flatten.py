@@ -24,7 +24,7 @@ Flattened nodes compute the same values as the layer (tested against the layer's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 
@@ -63,7 +63,9 @@ class Flattened:
     reason
         Why the layer could not be flattened (``None``: it was, or it is constant).
     shape_dependent
-        The failure may go away once the inputs' unknown sizes (other than the batch) are known.
+        The failure may go away once the inputs' unknown sizes (the batch's too) are known.
+    paths
+        ``id(node) -> "sublayer/inner"``: the custom sublayers a recorded node was inlined from.
     """
 
     inputs: list
@@ -72,9 +74,11 @@ class Flattened:
     constant: bool = False
     reason: str | None = None
     shape_dependent: bool = False
+    paths: dict = field(default_factory=dict)
 
 
-def flatten(op, node, shapes: list[tuple] | None = None, own_call: bool = True) -> Flattened:
+def flatten(op, node, shapes: list[tuple] | None = None, own_call: bool = True,
+            keep=None) -> Flattened:
     """Record the parts ``op`` is made of for one call (``node``) of it.
 
     Parameters
@@ -88,11 +92,21 @@ def flatten(op, node, shapes: list[tuple] | None = None, own_call: bool = True) 
     own_call
         ``True``: record the parts of ``op.call``; ``False``: call ``op`` itself (a model
         re-called on inputs of known sizes, whose layers then record nodes with those sizes).
+    keep
+        ``keep(sublayer, path)``: a custom sublayer to record whole; every other custom
+        sublayer is inlined as it is called (its parts recorded in its place, tagged with its
+        path), so that what it returns besides tensors (``None`` caches) does not matter.
     """
     shapes = shapes or [tuple(kt.shape) for kt in node.input_tensors]
-    unknown = any(d is None for s in shapes for d in s[1:])
+    unknown = any(d is None for s in shapes for d in s)  # the batch axis included
+    paths: dict = {}
+
+    def inline(layer, path: str) -> bool:
+        return is_custom(layer) and not (keep and keep(layer, path))
+
     try:
-        inputs, outputs = keras_adapter.symbolic_call(op, node, shapes, own_call=own_call)
+        inputs, outputs = keras_adapter.symbolic_call(op, node, shapes, own_call=own_call,
+                                                      inline=inline, paths=paths)
     except Exception as exc:  # whatever the body does that symbolic tensors cannot
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         text = f"{type(exc).__name__}: {first[:100]}{'...' if len(first) > 100 else ''}"
@@ -107,7 +121,7 @@ def flatten(op, node, shapes: list[tuple] | None = None, own_call: bool = True) 
         nodes = keras_adapter.recorded_nodes(inputs, outputs)
     except ValueError as exc:
         return Flattened([], [], [], reason=f"could not be flattened into its parts ({exc})")
-    return Flattened(inputs, nodes, outputs)
+    return Flattened(inputs, nodes, outputs, paths=paths)
 
 
 __all__ = ["Flattened", "flatten", "is_builtin", "is_custom"]

@@ -87,6 +87,8 @@ class Graph:
     #: a custom layer could not be flattened while some input sizes were unknown
     #: (:class:`tf_lrp.base.BaseAnalyzer` then builds the graph per input shape)
     needs_shapes: bool = False
+    #: the batch size the graph was built for (``None``: any)
+    batch: int | None = None
     #: node names given so far (they are unique)
     taken: set[str] = field(default_factory=set, repr=False)
     _next_key: int = field(default=0, repr=False)
@@ -128,7 +130,8 @@ def _functional(model: keras.Model, name: str):
 
 
 def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None,
-                keep: Callable[[object, str], bool] | None = None) -> Graph:
+                keep: Callable[[object, str], bool] | None = None,
+                batch: int | None = None) -> Graph:
     """Walk ``model`` (Functional, Sequential, nested; custom layers flattened) into a
     :class:`Graph`.
 
@@ -143,6 +146,9 @@ def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None,
     keep
         ``keep(layer, node_name)``: whether a custom layer stays one node instead of being
         flattened (a composite maps a rule to it by class or name).
+    batch
+        With ``input_shapes``: the batch size too (for custom layers that tile a class token to
+        the batch); the graph then runs on batches of that size only.
 
     Raises
     ------
@@ -157,19 +163,21 @@ def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None,
     inputs, outputs = list(fn.inputs), list(fn.outputs)
     names = [keras_adapter.tensor_name(kt) for kt in inputs]
     out_names = [keras_adapter.tensor_name(kt) for kt in outputs]
+    graph.batch = batch
     if input_shapes is not None:
         call = keras_adapter.functional_node(fn)
-        done = flatten.flatten(fn, call, [(None, *s) for s in input_shapes])
+        done = flatten.flatten(fn, call, [(batch, *s) for s in input_shapes], own_call=True,
+                               keep=keep)
         if done.reason:
             raise UnsupportedLayerError(f"model {model.name!r} could not be called on inputs of "
                                         f"shape {input_shapes}: {done.reason}")
-        inputs, outputs, triples = done.inputs, done.outputs, done.nodes
+        inputs, outputs, triples, paths = done.inputs, done.outputs, done.nodes, done.paths
         # sizes that symbolic shapes lose (an EinsumDense declares ``None`` for the sequence)
         # are learnt by running every node once on a small batch of zeros
         values = {}
     else:
         triples = list(keras_adapter.nodes_in_order(fn))
-        values = None
+        values, paths = None, {}
     for kt, name in zip(inputs, names):
         keys[id(kt)] = graph.new_key()
         graph.shapes[keys[id(kt)]] = tuple(kt.shape)
@@ -178,8 +186,8 @@ def build_graph(model: keras.Model, input_shapes: list[tuple] | None = None,
         graph.input_dtypes.append(str(kt.dtype))
         graph.input_names.append(name)
         if values is not None:
-            values[keys[id(kt)]] = tf.zeros((2, *kt.shape[1:]), kt.dtype)
-    _walk(triples, keys, "", graph, {}, {}, values, keep)
+            values[keys[id(kt)]] = tf.zeros((batch or 2, *kt.shape[1:]), kt.dtype)
+    _walk(triples, keys, "", graph, {}, {}, values, keep, paths)
     graph.outputs = [keys[id(kt)] for kt in outputs]
     graph.output_names = out_names
     return graph
@@ -212,23 +220,29 @@ def _op_name(op, prefix: str, counts: dict, used: dict, taken: set) -> str:
 
 def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict[int, int],
           used: dict[str, int], values: dict | None = None,
-          keep: Callable[[object, str], bool] | None = None) -> None:
+          keep: Callable[[object, str], bool] | None = None, paths: dict | None = None
+          ) -> None:
     """Add the nodes of ``triples`` to ``graph``, flattening custom layers and nested models.
 
     ``values`` (a graph built for known input sizes): every tensor's value on a batch of zeros,
     whose sizes replace the unknown ones of the symbolic shapes a custom layer is flattened
     with.
     """
+    outer = prefix
     for node, inputs, outputs in triples:
         op = node.operation
         in_keys = [keys[id(kt)] for kt in inputs]
+        inlined = (paths or {}).get(id(node))  # the custom sublayers it was recorded inside
+        prefix = outer + inlined + "/" if inlined else outer
         sizes = None if values is None or not all(k in values for k in in_keys) else \
-            [(None, *values[k].shape[1:]) for k in in_keys]
+            [(graph.batch, *values[k].shape[1:]) for k in in_keys]
         if isinstance(op, keras.Model):
-            inner_triples, inner_in, inner_out = _model_parts(op, node, prefix, sizes)
+            inner_triples, inner_in, inner_out, inner_paths = _model_parts(op, node, prefix,
+                                                                           sizes, keep)
             for kt, k in zip(inner_in, in_keys):
                 keys[id(kt)] = k
-            _walk(inner_triples, keys, prefix + op.name + "/", graph, counts, {}, values, keep)
+            _walk(inner_triples, keys, prefix + op.name + "/", graph, counts, {}, values, keep,
+                  inner_paths)
             for kt_outer, kt_inner in zip(outputs, inner_out):
                 keys[id(kt_outer)] = keys[id(kt_inner)]
             continue
@@ -239,11 +253,11 @@ def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict
             continue
         name = _op_name(op, prefix, counts, used, graph.taken)
         if flatten.is_custom(op) and not (keep and keep(op, name)):
-            done = flatten.flatten(op, node, sizes)
+            done = flatten.flatten(op, node, sizes, keep=_under(keep, name + "/"))
             if done.reason is None and not done.constant:
                 for kt, k in zip(done.inputs, in_keys):
                     keys[id(kt)] = k
-                _walk(done.nodes, keys, name + "/", graph, {}, {}, values, keep)
+                _walk(done.nodes, keys, name + "/", graph, {}, {}, values, keep, done.paths)
                 for kt_outer, kt_inner in zip(outputs, done.outputs):
                     keys[id(kt_outer)] = keys[id(kt_inner)]
                 continue
@@ -264,20 +278,31 @@ def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict
                    refusal=done.reason if done else None, constant=bool(done and done.constant))
         graph.nodes.append(new)
         if values is not None and new.refusal is None and all(k in values for k in in_keys):
-            values.update(zip(out_keys, new.call([values[k] for k in in_keys])))
+            try:
+                values.update(zip(out_keys, new.call([values[k] for k in in_keys])))
+            except Exception:  # it replays only for the batch size it was recorded with
+                graph.needs_shapes = True
 
 
-def _model_parts(model: keras.Model, node, prefix: str, sizes: list[tuple] | None):
+def _under(keep: Callable[[object, str], bool] | None, prefix: str):
+    """``keep`` for the sublayers of a layer flattened at ``prefix`` (paths become names)."""
+    return None if keep is None else (lambda layer, path: keep(layer, prefix + path))
+
+
+def _model_parts(model: keras.Model, node, prefix: str, sizes: list[tuple] | None,
+                 keep: Callable[[object, str], bool] | None):
     """The parts of a nested model called at ``node``: its own graph, or, where the node's
     inputs have other ``sizes`` than the model's inputs (a graph built for known sizes), the
-    model called again on inputs of those sizes."""
+    model called again on inputs of those sizes (its custom layers inlined as they are called).
+    Returns ``(triples, inputs, outputs, paths)``."""
     fn = _functional(model, prefix + model.name)
     own = [tuple(kt.shape) for kt in fn.inputs]
     wanted = sizes or [tuple(kt.shape) for kt in node.input_tensors]
     if own == wanted or len(own) != len(wanted):
-        return list(keras_adapter.nodes_in_order(fn)), list(fn.inputs), list(fn.outputs)
-    done = flatten.flatten(fn, keras_adapter.functional_node(fn), wanted)
+        return list(keras_adapter.nodes_in_order(fn)), list(fn.inputs), list(fn.outputs), {}
+    done = flatten.flatten(fn, keras_adapter.functional_node(fn), wanted,
+                           keep=_under(keep, prefix + model.name + "/"))
     if done.reason:
         raise UnsupportedLayerError(f"model {prefix + model.name!r} could not be called on "
                                     f"inputs of shape {wanted}: {done.reason}")
-    return done.nodes, done.inputs, done.outputs
+    return done.nodes, done.inputs, done.outputs, done.paths

@@ -96,7 +96,7 @@ def _free_batch_ops():
     booleans): the same values wherever the result is later broadcast against the batch, and
     an operation that replays on any batch size. ``ops.reshape(x, ops.shape(y))`` with one
     unknown size reshapes to ``-1`` there; with several, to the sizes ``x`` has on those axes
-    (:class:`ReshapeKeepingSizes`).
+    (:class:`ReshapeKeepingSizes`). ``EinsumDense`` declares the sizes its input knows.
     """
     from keras import ops
 
@@ -120,14 +120,88 @@ def _free_batch_ops():
             return ops.logical_or(x, ops.zeros(ones, "bool"))
         return ops.add(x, ops.zeros(ones, x.dtype))
 
+    dense = keras.layers.EinsumDense
+    original_spec = dense.compute_output_shape
+
+    def einsum_shape(self, input_shape):
+        # EinsumDense(output_shape=(None, heads, dim)) declares the sequence unknown even where
+        # the input knows it; layers then compute ops.arange(None)
+        shape = list(original_spec(self, input_shape))
+        inputs, rest = self.equation.split(",")
+        out = rest.split("->")[1]
+        for i, letter in enumerate(out):
+            if i < len(shape) and shape[i] is None and letter in inputs and \
+                    len(inputs) == len(input_shape):
+                shape[i] = input_shape[inputs.index(letter)]
+        return tuple(shape)
+
     ops.broadcast_to, ops.reshape = broadcast_to, reshape
+    dense.compute_output_shape = einsum_shape
     try:
         yield
     finally:
         ops.broadcast_to, ops.reshape = original, original_reshape
+        dense.compute_output_shape = original_spec
 
 
-def symbolic_call(layer, node, shapes: list[tuple] | None = None, own_call: bool = True):
+@contextlib.contextmanager
+def _inlining(inline, paths: dict, stack: list):
+    """While active, a call of a layer for which ``inline(layer, path)`` holds runs its ``call``
+    (its parts record nodes) instead of recording one node for the layer; every recorded node
+    is tagged in ``paths`` (``id(node) -> "outer/inner"``) with the layers it was inlined from.
+    A layer whose body fails this way is recorded whole (its own refusal comes later)."""
+    from keras.src.layers.layer import Layer
+    from keras.src.ops.operation import Operation
+
+    call, op_symbolic, layer_symbolic = Layer.__call__, Operation.symbolic_call, \
+        Layer.symbolic_call
+
+    def layer_call(self, *args, **kwargs):
+        if inline is not None and any_symbolic(args, kwargs) and \
+                inline(self, "/".join([*stack, self.name])):
+            kw = {k: v for k, v in kwargs.items() if k != "training"}
+            if getattr(self, "_call_has_training_arg", False):
+                kw["training"] = False
+            stack.append(self.name)
+            try:
+                with _generic_output_specs(self):
+                    return self.call(*args, **kw)
+            except Exception:  # recorded whole below; flattening it alone will say why
+                pass
+            finally:
+                stack.pop()
+        before = len(self._inbound_nodes)
+        out = call(self, *args, **kwargs)  # a layer records its node at the end of __call__
+        if stack and len(self._inbound_nodes) > before:
+            paths[id(self._inbound_nodes[-1])] = "/".join(stack)
+        return out
+
+    def tagged(original):
+        def symbolic(self, *args, **kwargs):
+            before = len(self._inbound_nodes)
+            out = original(self, *args, **kwargs)
+            if stack and len(self._inbound_nodes) > before:
+                paths[id(self._inbound_nodes[-1])] = "/".join(stack)
+            return out
+
+        return symbolic
+
+    Layer.__call__ = layer_call
+    Operation.symbolic_call, Layer.symbolic_call = tagged(op_symbolic), tagged(layer_symbolic)
+    try:
+        yield
+    finally:
+        Layer.__call__ = call
+        Operation.symbolic_call, Layer.symbolic_call = op_symbolic, layer_symbolic
+
+
+def any_symbolic(args, kwargs) -> bool:
+    """Whether a call's arguments hold a symbolic tensor."""
+    return any(isinstance(t, keras.KerasTensor) for t in keras.tree.flatten((args, kwargs)))
+
+
+def symbolic_call(layer, node, shapes: list[tuple] | None = None, own_call: bool = True,
+                  inline=None, paths: dict | None = None):
     """Call ``layer`` on fresh symbolic inputs shaped like ``node``'s, so that its sublayers and
     ``keras.ops`` record nodes of their own.
 
@@ -142,6 +216,9 @@ def symbolic_call(layer, node, shapes: list[tuple] | None = None, own_call: bool
         the node's input tensors.
     own_call
         Call ``layer.call`` (its body: sublayers and ops become nodes) rather than ``layer(...)``.
+    inline, paths
+        ``inline(sublayer, path)``: whether a sublayer called inside is inlined too (its parts
+        recorded, see :func:`_inlining`); ``paths`` receives each recorded node's path.
 
     Returns
     -------
@@ -158,7 +235,8 @@ def symbolic_call(layer, node, shapes: list[tuple] | None = None, own_call: bool
     kwargs = {k: v for k, v in kwargs.items() if k != "training"}
     if getattr(layer, "_call_has_training_arg", False):
         kwargs["training"] = False
-    with _free_batch_ops(), _generic_output_specs(layer), keras.name_scope(layer.name):
+    with _free_batch_ops(), _generic_output_specs(layer), \
+            _inlining(inline, {} if paths is None else paths, []), keras.name_scope(layer.name):
         outputs = fn(*args, **kwargs)
     return [fresh[id(kt)] for kt in kts], keras.tree.flatten(outputs)
 
@@ -175,7 +253,8 @@ def _generic_output_specs(layer):
         cls = type(sub)
         call_owner = next(c for c in cls.__mro__ if "call" in c.__dict__)
         spec_owner = next(c for c in cls.__mro__ if "compute_output_spec" in c.__dict__)
-        if not call_owner.__module__.startswith("keras.") and \
+        if "compute_output_spec" not in sub.__dict__ and \
+                not call_owner.__module__.startswith("keras.") and \
                 spec_owner.__module__.startswith("keras.") and \
                 spec_owner not in (keras.layers.Layer, keras.Operation) and \
                 issubclass(call_owner, spec_owner):
