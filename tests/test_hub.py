@@ -299,3 +299,29 @@ def test_file_and_preset_directory_give_the_live_models_relevance(tmp_path):
         for a, b in zip(loaded, live):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert max(np.abs(r).max() for r in live) > 0
+
+
+def test_fused_dot_product_attention_explains_like_the_written_out_attention():
+    """GPT-2 with dropout 0 runs keras.ops.dot_product_attention (fused); with dropout > 0 the
+    same attention is written out (einsum, masked Softmax layer, einsum). Same weights, same
+    relevance."""
+    keras.utils.set_random_seed(16)
+    size = dict(vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=8,
+                intermediate_dim=12, max_sequence_length=16)
+    models = []
+    for dropout in (0.0, 0.1):
+        b = keras_hub.models.GPT2Backbone(dropout=dropout, **size)
+        tok, pm = keras.Input((None,), dtype="int32"), keras.Input((None,), dtype="int32")
+        h = b({"token_ids": tok, "padding_mask": pm})
+        models.append(keras.Model([tok, pm], keras.layers.Dense(3)(h[:, -1])))
+    models[1].set_weights(models[0].get_weights())
+    ids, mask = _ids(np.random.default_rng(17), 2, 6, 30)
+    fused, written = (tf_lrp.Analyzer(m, ATTN0) for m in models)
+    tables = [a.for_shape([(6,), (6,)]).rule_table() for a in (fused, written)]
+    scores = [[n for n, c, _ in t if c == "AttentionScores"] for t in tables]
+    assert all(n.endswith("dot_product_attention/scores") for n in scores[0]) and scores[0]
+    assert len(scores[1]) == 2 and not any("dot_product" in n for n in scores[1])
+    r_fused, r_written = fused([ids, mask], target=1), written([ids, mask], target=1)
+    np.testing.assert_allclose(r_fused[0], r_written[0], rtol=1e-4,
+                               atol=1e-5 * np.abs(r_written[0]).max())
+    assert np.abs(r_fused[0]).max() > 1e-3

@@ -16,8 +16,10 @@
 ``<name>/output``
     the output projection (``EinsumDense``).
 
-A ``keras.layers.Attention`` node (dot-product scores, optionally scaled) becomes the
-scores, softmax and context nodes alone. The nodes compute what the Keras layer computes
+A ``keras.layers.Attention`` node (dot-product scores, optionally scaled) and a
+``keras.ops.dot_product_attention`` node (the fused attention of ``MultiHeadAttention``
+subclasses and hand-written blocks; grouped-query heads repeated) become the scores, softmax
+and context nodes alone. The nodes compute what the Keras layer computes
 (inference mode). Their fixed handling is AttnLRP's (Achtibat et al., ICML 2024): the bilinear
 products by :class:`Bilinear` (epsilon over the sum, then a uniform split between the two
 factors, Prop. 3.3) and the softmax by :class:`AttnSoftmax` (Prop. 3.1). CP-LRP (attention
@@ -107,6 +109,9 @@ def is_attention(layer) -> bool:
         not isinstance(layer, _unsupported())
 
 
+_FUSED = keras_adapter.op_classes("DotProductAttention")
+
+
 def expand(graph: Graph) -> Graph:
     """Rewrite every attention node into its parts (module docstring)."""
     nodes: list[Node] = []
@@ -116,6 +121,9 @@ def expand(graph: Graph) -> Graph:
             nodes += _multi_head(graph, node)
         elif ok:
             nodes += _dot_attention(graph, node)
+        elif isinstance(node.layer, _FUSED) and \
+                not getattr(node.layer, "attn_logits_soft_cap", None):
+            nodes += _fused(graph, node)
         else:
             nodes.append(node)
     graph.nodes = nodes
@@ -284,6 +292,67 @@ def _dot_attention(graph: Graph, node: Node) -> list[Node]:
         out.append(Node(f"{name}/weights", kl.Identity(name=f"{name}_weights"), [probs],
                         node.outputs[1:2], lambda values: [tf.identity(values[0])]))
     return out
+
+
+#: what masked scores become (as Keras's TensorFlow backend does): -0.7 * the float32 maximum
+_LARGE_NEGATIVE = -0.7 * 3.4028234663852886e38
+
+
+def _fused(graph: Graph, node: Node) -> list[Node]:
+    """``keras.ops.dot_product_attention(query, key, value, bias, mask, scale, is_causal)``
+    (``(batch, length, heads, dim)``; fewer key/value heads are repeated, grouped-query
+    attention) as scores, softmax and context, computing what the operation computes."""
+    op = node.layer
+    keys = _role_keys(node)
+    q_key, k_key, v_key = keys["query"], keys["key"], keys["value"]
+    bias_key, mask_key = keys.get("bias"), keys.get("mask")
+    scale = (node.options or {}).get("scale")
+    causal = bool(getattr(op, "is_causal", False))
+    new = graph.new_key
+    scores, probs = new(), new()
+    name = node.name
+
+    def grouped(k, q):
+        groups = q.shape[2] // k.shape[2] if q.shape[2] and k.shape[2] else 1
+        return tf.repeat(k, groups, axis=2) if groups > 1 else k
+
+    def scores_call(values):
+        q, k = values[0], tf.cast(grouped(values[1], values[0]), values[0].dtype)
+        s = tf.einsum("BTNH,BSNH->BNTS", q, k)
+        factor = scale if scale is not None else tf.math.rsqrt(tf.cast(tf.shape(k)[-1],
+                                                                        s.dtype))
+        s = s * tf.cast(factor, s.dtype)
+        return [s + tf.cast(values[2], s.dtype) if len(values) > 2 else s]
+
+    def softmax_call(values):
+        s = values[0]
+        mask = tf.ones_like(s, tf.bool)
+        if len(values) > 1:
+            mask = tf.logical_and(mask, tf.cast(values[1], tf.bool))
+        if causal:
+            t, n = tf.shape(s)[2], tf.shape(s)[3]
+            mask = tf.logical_and(mask, tf.linalg.band_part(tf.ones((t, n), tf.bool), -1, 0))
+        if len(values) > 1 or causal:
+            s = tf.where(mask, s, tf.constant(_LARGE_NEGATIVE, s.dtype))
+        return [tf.nn.softmax(s, axis=-1)]
+
+    def context_call(values):
+        p, v = values[0], values[1]
+        v = tf.repeat(v, p.shape[1] // v.shape[2], axis=2) if p.shape[1] and v.shape[2] and \
+            p.shape[1] > v.shape[2] else v
+        return [tf.einsum("BNTS,BSNH->BTNH", p, tf.cast(v, p.dtype))]
+
+    softmax = AttentionSoftmax(f"{name}/softmax", op)
+    softmax.axes = lambda x: [len(x.shape) - 1]
+    return [
+        Node(f"{name}/scores", AttentionScores(f"{name}/scores", op),
+             [q_key, k_key] + ([bias_key] if bias_key is not None else []), [scores],
+             scores_call),
+        Node(f"{name}/softmax", softmax, [scores] + ([mask_key] if mask_key is not None else []),
+             [probs], softmax_call),
+        Node(f"{name}/context", AttentionContext(f"{name}/context", op), [probs, v_key],
+             node.outputs[:1], context_call),
+    ]
 
 
 __all__ = [
