@@ -14,13 +14,13 @@ second sample padded (mask 0, token 0) over its last 3; other floats (images, au
 uniform in [0, 1). The analyzer is `tf_lrp.Analyzer(model, AttnLRP(epsilon=0.0))`
 (`"epsilon_plus"` for the convolutional families in `CNN_FAMILIES`), explaining each sample's
 highest logit. Recorded: the outcome (the exception's first line where tf_lrp refuses);
-sum(R)/logit per sample (R summed over all model inputs); the same plus the relevance that
-`NoRelevance` parts (position embedding layers) keep, from `layerwise`; that sum under
-`CPLRP(epsilon=0.0)`, a conservation check (attention held constant, LRP-0 elsewhere: 1 where
-nothing but constant operands such as position-embedding weights takes relevance);
-max|a.predict(x) - model.predict(x)|; the graph build time (`Analyzer` + `for_shape`); the
-explanation's time over a plain `tf.GradientTape` gradient of the same logits to the float inputs
-and the embedding matrices (both traced; medians of 3 calls after a warm-up).
+sum(R)/logit per sample (R summed over all model inputs); the same under `CPLRP(epsilon=0.0)`
+as a conservation check (attention weights and gates held constant, LRP-0 elsewhere: 1 unless
+relevance goes to constant operands, such as learned position embeddings or class tokens added
+to the input's embedding, which are not model inputs; biases are zero); max|a.predict(x) -
+model.predict(x)|; the graph build time (`Analyzer` + `for_shape`); the explanation's time over
+that of a plain `tf.GradientTape` gradient of the same logits to the float inputs and the
+embedding matrices (both traced; medians of 3 calls after a warm-up).
 
 Each child writes `<results>/<class>.json`; the parent writes `--out` (default
 `benchmarks/HUB.md`) from every result there.
@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+import timeit
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,8 +106,52 @@ SAM3 = dict(image_shape=(28, 28, 3), patch_size=14)
 BLIP2 = "src.models.blip2.blip2_"
 #: the tiny configuration of every class: keyword arguments of its constructor
 TINY: dict[str, dict[str, Any]] = {
-    "AlbertBackbone": dict(TD, embedding_dim=8), "BartBackbone": TD, "BertBackbone": TD,
-    "BASNetBackbone": dict(image_encoder=RESNET, num_classes=1, image_shape=I3),
+    **dict.fromkeys(["BartBackbone", "BertBackbone", "DistilBertBackbone", "ESM2Backbone",
+                     "ESMBackbone", "GPT2Backbone", "GPTNeoXBackbone", "OPTBackbone",
+                     "RobertaBackbone", "XLMRobertaBackbone"], TD),
+    **dict.fromkeys(["Llama3Backbone", "LlamaBackbone", "Phi3Backbone", "Qwen2Backbone",
+                     "QwenBackbone"], G),
+    **dict.fromkeys(["CLIPVisionEncoder", "DeiTBackbone", "MetaCLIP2VisionEncoder",
+                     "SigLIPVisionEncoder"], VIS),
+    **dict.fromkeys(["CLIPTextEncoder", "MetaCLIP2TextEncoder", "SigLIPTextEncoder"], TXT),
+    **dict.fromkeys(["SmolLM3Backbone", "SmolLMBackbone"], SMOL),
+    "BloomBackbone": T, "XLNetBackbone": T, "MiTBackbone": MIT,
+    "AlbertBackbone": dict(TD, embedding_dim=8), "DebertaV3Backbone": dict(TD, bucket_size=4),
+    "ElectraBackbone": drop(TD, "vocabulary_size", vocab_size=VOCAB, embedding_dim=8),
+    "FNetBackbone": drop(TD, "num_heads"), "FalconBackbone": drop(T, "num_heads", num_attention_heads=2),
+    "RoformerV2Backbone": dict(T, head_size=8, dropout=0.0), "T5Backbone": dict(T, dropout=0.0),
+    "EdRecBackbone": dict(drop(L, "num_layers"), vocab_size=VOCAB, num_layers_enc=1,
+                          num_layers_dec=1),
+    "GemmaBackbone": dict(G, head_dim=8), "Qwen3Backbone": dict(G, head_dim=8),
+    "Gemma3Backbone": dict(G, image_size=16, head_dim=8),
+    "Gemma4Backbone": dict(G, image_size=16, head_dim=8),
+    "MistralBackbone": dict(G, sliding_window=4), "QwenMoeBackbone": dict(
+        G, **MOE, shared_expert_intermediate_dim=16), "Qwen3MoeBackbone": dict(G, **MOE, head_dim=8),
+    **dict.fromkeys(["GptOssBackbone", "MixtralBackbone"], dict(G, num_experts=2, top_k=2,
+                                                                sliding_window=4)),
+    "Qwen3_5Backbone": Q35,
+    "Qwen3_5MoeBackbone": drop(Q35, "intermediate_dim", **MOE, shared_expert_intermediate_size=16),
+    "Gemma3nBackbone": dict(
+        text_vocab_size=VOCAB, text_hidden_size=16, num_hidden_layers=1, pad_token_id=0,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, intermediate_size=[32],
+        hidden_activation="gelu_approximate", layer_types=["full_attention"], sliding_window=4,
+        rope_theta=10000.0, max_position_embeddings=SEQ, vocab_size_per_layer_input=VOCAB,
+        hidden_size_per_layer_input=2, altup_num_inputs=2, laurel_rank=1),
+    "RWKV7Backbone": dict(drop(T, "num_heads", "hidden_dim"), hidden_size=16, head_size=8,
+                          gate_lora=8, mv_lora=8, aaa_lora=8, decay_lora=8),
+    "T5GemmaBackbone": T5G, "T5Gemma2Backbone": dict(T5G, eoi_token_index=VOCAB - 1),
+    "MoonshineBackbone": dict(drop(T, "num_layers", "num_heads"), filter_dim=16,
+                              encoder_num_layers=1, decoder_num_layers=1, encoder_num_heads=2,
+                              decoder_num_heads=2),
+    "WhisperBackbone": dict(T, num_mels=8, max_encoder_sequence_length=32,
+                            max_decoder_sequence_length=SEQ),
+    "CLIPBackbone": dict(vision_encoder=Sub("models.CLIPVisionEncoder", **VIS),
+                         text_encoder=Sub("models.CLIPTextEncoder", **TXT), projection_dim=8),
+    "MetaCLIP2Backbone": dict(vision_encoder=Sub("models.MetaCLIP2VisionEncoder", **VIS),
+                              text_encoder=Sub("models.MetaCLIP2TextEncoder", **TXT),
+                              projection_dim=8),
+    "SigLIPBackbone": dict(vision_encoder=Sub("models.SigLIPVisionEncoder", **VIS),
+                           text_encoder=Sub("models.SigLIPTextEncoder", **TXT)),
     "BLIP2Backbone": dict(
         vision_encoder=Sub(BLIP2 + "vision_encoder.BLIP2VisionEncoder", **drop(VIS, "image_shape"),
                            image_size=IMG, dropout_rate=0.0, use_patch_bias=True,
@@ -116,13 +161,76 @@ TINY: dict[str, dict[str, Any]] = {
                     vision_dim=16, cross_attention_frequency=1, layer_norm_epsilon=1e-6),
         language_model=Sub(BLIP2 + "custom_opt.BLIP2CustomOPT", **dict(TD, max_sequence_length=16),
                            num_query_tokens=2, qformer_hidden_dim=16, language_projection=None)),
-    "BloomBackbone": T, "CLIPTextEncoder": TXT, "CLIPVisionEncoder": VIS,
-    "CLIPBackbone": dict(vision_encoder=Sub("models.CLIPVisionEncoder", **VIS),
-                         text_encoder=Sub("models.CLIPTextEncoder", **TXT), projection_dim=8),
+    "PaliGemmaBackbone": dict(G, image_size=16, head_dim=8, vit_patch_size=8, vit_num_heads=2,
+                              vit_hidden_dim=16, vit_num_layers=1, vit_intermediate_dim=32),
+    "PARSeqBackbone": dict(
+        image_encoder=Sub("models.ViTBackbone", **drop(VIS, "intermediate_dim"), mlp_dim=32,
+                          use_class_token=False), vocabulary_size=VOCAB, max_label_length=SEQ - 1,
+        decoder_hidden_dim=16, num_decoder_layers=1, num_decoder_heads=2, decoder_mlp_dim=32,
+        dropout_rate=0.0, attention_dropout=0.0),
+    "DINOV2Backbone": dict(VIS, position_embedding_shape=I3),
+    "DINOV3Backbone": dict(VIS, num_register_tokens=1),
+    "ViTBackbone": drop(VIS, "intermediate_dim", mlp_dim=32),
+    "ViTDetBackbone": dict(drop(VIS, "hidden_dim"), hidden_size=16, num_output_channels=8,
+                           global_attention_layer_indices=[0], window_size=2),
+    "VideoPrismBackbone": dict(drop(VIS, "num_layers"), num_frames=2, num_spatial_layers=1,
+                               num_temporal_layers=1, num_auxiliary_layers=0),
+    "SwinTransformerBackbone": dict(image_shape=I3, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
+                                    window_size=4, drop_path=0.0),
+    "SegFormerBackbone": dict(image_encoder=Sub("models.MiTBackbone", **MIT), projection_filters=8),
+    "DepthAnythingBackbone": dict(
+        image_encoder=Sub("models.DINOV2Backbone", **dict(VIS, num_layers=4, image_shape=(
+            64, 64, 3)), position_embedding_shape=(64, 64, 3), apply_layernorm=True),
+        reassemble_factors=[4, 2, 1, 0.5], neck_hidden_dims=[8, 8, 8, 8], fusion_hidden_dim=8,
+        head_hidden_dim=8, head_in_index=-1, feature_keys=["stage1", "stage2", "stage3", "stage4"]),
+    "SAMBackbone": dict(
+        image_encoder=Sub("models.ViTDetBackbone", **drop(VIS, "hidden_dim", "patch_size"),
+                          hidden_size=16, global_attention_layer_indices=[0], patch_size=4,
+                          num_output_channels=8, window_size=2),
+        prompt_encoder=Sub("layers.SAMPromptEncoder", hidden_size=8, image_embedding_size=(8, 8),
+                           input_image_size=(IMG, IMG), mask_in_channels=16),
+        mask_decoder=Sub("layers.SAMMaskDecoder", **drop(L, "hidden_dim"), hidden_size=16,
+                         embedding_dim=8, num_multimask_outputs=3, iou_head_depth=2,
+                         iou_head_hidden_dim=8)),
+    "SAM3PromptableConceptBackbone": dict(
+        vision_encoder=Sub("layers.SAM3VisionEncoder", **L, **SAM3, fpn_hidden_dim=16,
+                           fpn_scale_factors=[4.0, 2.0, 1.0, 0.5], pretrain_image_shape=(28, 28, 3),
+                           window_size=2, global_attn_indexes=[0]),
+        text_encoder=Sub("layers.SAM3TextEncoder", **drop(TXT, "max_sequence_length")),
+        geometry_encoder=Sub("layers.SAM3GeometryEncoder", **L, roi_size=7),
+        detr_encoder=Sub("layers.SAM3DetrEncoder", **L),
+        detr_decoder=Sub("layers.SAM3DetrDecoder", **L, **SAM3, num_queries=4),
+        mask_decoder=Sub("layers.SAM3MaskDecoder", num_upsampling_stages=3, hidden_dim=16,
+                         num_heads=2)),
+    "FluxBackbone": dict(input_channels=16, hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1,
+                         depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, use_bias=True,
+                         image_shape=(16, 16), text_shape=(SEQ, 16), image_ids_shape=(16, 3),
+                         text_ids_shape=(SEQ, 3), y_shape=(16,)),
+    "StableDiffusion3Backbone": dict(
+        mmdit_patch_size=2, mmdit_hidden_dim=16, mmdit_num_layers=1, mmdit_num_heads=2,
+        mmdit_position_size=16, mmdit_qk_norm=None, mmdit_dual_attention_indices=None,
+        vae=Sub("src.models.vae.vae_backbone.VAEBackbone", encoder_num_filters=[32, 32],
+                encoder_num_blocks=[1, 1], decoder_num_filters=[32, 32], decoder_num_blocks=[1, 1],
+                sampler_method="mode"),
+        clip_l=Sub("models.CLIPTextEncoder", **TXT, intermediate_output_index=0),
+        clip_g=Sub("models.CLIPTextEncoder", **TXT, intermediate_output_index=0), image_shape=I3),
+    "VGGBackbone": dict(stackwise_num_repeats=[1, 1], stackwise_num_filters=[8, 16], image_shape=I3),
+    "ResNetBackbone": dict(RESNET.kwargs, stackwise_num_filters=[64, 16], stackwise_num_blocks=[1, 1],
+                           stackwise_num_strides=[1, 2]),
+    "BASNetBackbone": dict(image_encoder=RESNET, num_classes=1, image_shape=I3),
+    "RetinaNetBackbone": dict(image_encoder=RESNET, min_level=3, max_level=5, use_p5=True,
+                              image_shape=I3),
+    "DeepLabV3Backbone": dict(image_encoder=RESNET, spatial_pyramid_pooling_key="P4",
+                              low_level_feature_key="P2", upsampling_size=4, dilation_rates=[2],
+                              projection_filters=8, image_shape=I3),
+    "DenseNetBackbone": dict(stackwise_num_repeats=[1, 1], growth_rate=4, image_shape=I3),
+    "XceptionBackbone": dict(stackwise_conv_filters=[[8, 8], [16, 16]],
+                             stackwise_pooling=[False, True], image_shape=I3),
     "CSPNetBackbone": dict(stem_filters=8, stem_kernel_size=3, stem_strides=1, stem_padding="same",
                            stackwise_depth=[1, 1], stackwise_strides=2, stackwise_num_filters=[8, 16],
                            block_type="dark_block", stage_type="csp", bottle_ratio=(0.5, 1.0),
                            block_ratio=(1.0, 0.5), expand_ratio=(2.0, 1.0)),
+    "HGNetV2Backbone": dict(HGNET, image_shape=I3),
     "DFineBackbone": dict(
         backbone=Sub("models.HGNetV2Backbone", **dict(HGNET, use_learnable_affine_block=True),
                      out_features=["stage1", "stage2"]), out_features=["stage1", "stage2"],
@@ -133,20 +241,6 @@ TINY: dict[str, dict[str, Any]] = {
         hidden_expansion=0.5, depth_multiplier=0.5, eval_idx=-1, num_decoder_layers=1,
         decoder_attention_heads=2, decoder_ffn_dim=32, decoder_n_points=[2, 2], lqe_hidden_dim=8,
         num_lqe_layers=1, seed=0),
-    "DINOV2Backbone": dict(VIS, position_embedding_shape=I3),
-    "DINOV3Backbone": dict(VIS, num_register_tokens=1), "DebertaV3Backbone": dict(TD, bucket_size=4),
-    "DeepLabV3Backbone": dict(image_encoder=RESNET, spatial_pyramid_pooling_key="P4",
-                              low_level_feature_key="P2", upsampling_size=4, dilation_rates=[2],
-                              projection_filters=8, image_shape=I3),
-    "DeiTBackbone": VIS, "DistilBertBackbone": TD, "ESM2Backbone": TD, "ESMBackbone": TD,
-    "DenseNetBackbone": dict(stackwise_num_repeats=[1, 1], growth_rate=4, image_shape=I3),
-    "DepthAnythingBackbone": dict(
-        image_encoder=Sub("models.DINOV2Backbone", **dict(VIS, num_layers=4, image_shape=(
-            64, 64, 3)), position_embedding_shape=(64, 64, 3), apply_layernorm=True),
-        reassemble_factors=[4, 2, 1, 0.5], neck_hidden_dims=[8, 8, 8, 8], fusion_hidden_dim=8,
-        head_hidden_dim=8, head_in_index=-1, feature_keys=["stage1", "stage2", "stage3", "stage4"]),
-    "EdRecBackbone": dict(drop(L, "num_layers"), vocab_size=VOCAB, num_layers_enc=1,
-                          num_layers_dec=1),
     "EfficientNetBackbone": dict(
         {f"stackwise_{k}": v for k, v in dict(
             kernel_sizes=[3, 3], num_repeats=[1, 1], input_filters=[8, 8], output_filters=[8, 16],
@@ -154,29 +248,6 @@ TINY: dict[str, dict[str, Any]] = {
             block_types=["fused", "unfused"], force_input_filters=[0, 0],
             nores_option=[False, False]).items()},
         width_coefficient=1.0, depth_coefficient=1.0, num_features=32),
-    "ElectraBackbone": drop(TD, "vocabulary_size", vocab_size=VOCAB, embedding_dim=8),
-    "FNetBackbone": drop(TD, "num_heads"), "FalconBackbone": drop(T, "num_heads", num_attention_heads=2),
-    "FluxBackbone": dict(input_channels=16, hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1,
-                         depth_single_blocks=1, axes_dim=[4, 6, 6], theta=10000, use_bias=True,
-                         image_shape=(16, 16), text_shape=(SEQ, 16), image_ids_shape=(16, 3),
-                         text_ids_shape=(SEQ, 3), y_shape=(16,)),
-    "GPT2Backbone": TD, "GPTNeoXBackbone": TD, "GemmaBackbone": dict(G, head_dim=8),
-    "Gemma3Backbone": dict(G, image_size=16, head_dim=8),
-    "Gemma4Backbone": dict(G, image_size=16, head_dim=8),
-    "Gemma3nBackbone": dict(
-        text_vocab_size=VOCAB, text_hidden_size=16, num_hidden_layers=1, pad_token_id=0,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, intermediate_size=[32],
-        hidden_activation="gelu_approximate", layer_types=["full_attention"], sliding_window=4,
-        rope_theta=10000.0, max_position_embeddings=SEQ, vocab_size_per_layer_input=VOCAB,
-        hidden_size_per_layer_input=2, altup_num_inputs=2, laurel_rank=1),
-    "GptOssBackbone": dict(G, num_experts=2, top_k=2, sliding_window=4),
-    "HGNetV2Backbone": dict(HGNET, image_shape=I3), "Llama3Backbone": G, "LlamaBackbone": G,
-    "MetaCLIP2Backbone": dict(vision_encoder=Sub("models.MetaCLIP2VisionEncoder", **VIS),
-                              text_encoder=Sub("models.MetaCLIP2TextEncoder", **TXT),
-                              projection_dim=8),
-    "MetaCLIP2TextEncoder": TXT, "MetaCLIP2VisionEncoder": VIS, "MiTBackbone": MIT,
-    "MistralBackbone": dict(G, sliding_window=4),
-    "MixtralBackbone": dict(G, num_experts=2, top_k=2, sliding_window=4),
     "MobileNetBackbone": dict(
         {f"stackwise_{k}": v for k, v in dict(
             expansion=[[16], [32]], num_blocks=[1, 1], num_filters=[[8], [16]],
@@ -194,76 +265,6 @@ TINY: dict[str, dict[str, Any]] = {
             "dw_start_kernel_sizes", "dw_end_kernel_sizes", "num_heads", "key_dims",
             "value_dims", "kv_strides")},
         stem_size=8, num_features=32, use_msfa=False, image_shape=I3),
-    "MoonshineBackbone": dict(drop(T, "num_layers", "num_heads"), filter_dim=16,
-                              encoder_num_layers=1, decoder_num_layers=1, encoder_num_heads=2,
-                              decoder_num_heads=2),
-    "OPTBackbone": TD,
-    "PARSeqBackbone": dict(
-        image_encoder=Sub("models.ViTBackbone", **drop(VIS, "intermediate_dim"), mlp_dim=32,
-                          use_class_token=False),
-        vocabulary_size=VOCAB, max_label_length=SEQ - 1, decoder_hidden_dim=16,
-        num_decoder_layers=1, num_decoder_heads=2, decoder_mlp_dim=32, dropout_rate=0.0,
-        attention_dropout=0.0),
-    "PaliGemmaBackbone": dict(G, image_size=16, head_dim=8, vit_patch_size=8, vit_num_heads=2,
-                              vit_hidden_dim=16, vit_num_layers=1, vit_intermediate_dim=32),
-    "Phi3Backbone": G, "Qwen2Backbone": G, "QwenBackbone": G, "Qwen3Backbone": dict(G, head_dim=8),
-    "Qwen3MoeBackbone": dict(G, **MOE, head_dim=8), "Qwen3_5Backbone": Q35,
-    "Qwen3_5MoeBackbone": drop(Q35, "intermediate_dim", **MOE, shared_expert_intermediate_size=16),
-    "QwenMoeBackbone": dict(G, **MOE, shared_expert_intermediate_dim=16),
-    "RWKV7Backbone": dict(drop(T, "num_heads", "hidden_dim"), hidden_size=16, head_size=8,
-                          gate_lora=8, mv_lora=8, aaa_lora=8, decay_lora=8),
-    "ResNetBackbone": dict(RESNET.kwargs, stackwise_num_filters=[64, 16], stackwise_num_blocks=[1, 1],
-                           stackwise_num_strides=[1, 2]),
-    "RetinaNetBackbone": dict(image_encoder=RESNET, min_level=3, max_level=5, use_p5=True,
-                              image_shape=I3),
-    "RobertaBackbone": TD, "RoformerV2Backbone": dict(T, head_size=8, dropout=0.0),
-    "SAM3PromptableConceptBackbone": dict(
-        vision_encoder=Sub("layers.SAM3VisionEncoder", **L, **SAM3, fpn_hidden_dim=16,
-                           fpn_scale_factors=[4.0, 2.0, 1.0, 0.5], pretrain_image_shape=(28, 28, 3),
-                           window_size=2, global_attn_indexes=[0]),
-        text_encoder=Sub("layers.SAM3TextEncoder", **drop(TXT, "max_sequence_length")),
-        geometry_encoder=Sub("layers.SAM3GeometryEncoder", **L, roi_size=7),
-        detr_encoder=Sub("layers.SAM3DetrEncoder", **L),
-        detr_decoder=Sub("layers.SAM3DetrDecoder", **L, **SAM3, num_queries=4),
-        mask_decoder=Sub("layers.SAM3MaskDecoder", num_upsampling_stages=3, hidden_dim=16,
-                         num_heads=2)),
-    "SAMBackbone": dict(
-        image_encoder=Sub("models.ViTDetBackbone", **drop(VIS, "hidden_dim", "patch_size"),
-                          hidden_size=16, global_attention_layer_indices=[0], patch_size=4,
-                          num_output_channels=8, window_size=2),
-        prompt_encoder=Sub("layers.SAMPromptEncoder", hidden_size=8, image_embedding_size=(8, 8),
-                           input_image_size=(IMG, IMG), mask_in_channels=16),
-        mask_decoder=Sub("layers.SAMMaskDecoder", **drop(L, "hidden_dim"), hidden_size=16,
-                         embedding_dim=8, num_multimask_outputs=3, iou_head_depth=2,
-                         iou_head_hidden_dim=8)),
-    "SegFormerBackbone": dict(image_encoder=Sub("models.MiTBackbone", **MIT), projection_filters=8),
-    "SigLIPBackbone": dict(vision_encoder=Sub("models.SigLIPVisionEncoder", **VIS),
-                           text_encoder=Sub("models.SigLIPTextEncoder", **TXT)),
-    "SigLIPTextEncoder": TXT, "SigLIPVisionEncoder": VIS, "SmolLM3Backbone": SMOL,
-    "SmolLMBackbone": SMOL,
-    "StableDiffusion3Backbone": dict(
-        mmdit_patch_size=2, mmdit_hidden_dim=16, mmdit_num_layers=1, mmdit_num_heads=2,
-        mmdit_position_size=16, mmdit_qk_norm=None, mmdit_dual_attention_indices=None,
-        vae=Sub("src.models.vae.vae_backbone.VAEBackbone", encoder_num_filters=[32, 32],
-                encoder_num_blocks=[1, 1], decoder_num_filters=[32, 32], decoder_num_blocks=[1, 1],
-                sampler_method="mode"),
-        clip_l=Sub("models.CLIPTextEncoder", **TXT, intermediate_output_index=0),
-        clip_g=Sub("models.CLIPTextEncoder", **TXT, intermediate_output_index=0), image_shape=I3),
-    "SwinTransformerBackbone": dict(image_shape=I3, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
-                                    window_size=4, drop_path=0.0),
-    "T5Backbone": dict(T, dropout=0.0), "T5GemmaBackbone": T5G,
-    "T5Gemma2Backbone": dict(T5G, eoi_token_index=VOCAB - 1),
-    "VGGBackbone": dict(stackwise_num_repeats=[1, 1], stackwise_num_filters=[8, 16], image_shape=I3),
-    "ViTBackbone": drop(VIS, "intermediate_dim", mlp_dim=32),
-    "ViTDetBackbone": dict(drop(VIS, "hidden_dim"), hidden_size=16, num_output_channels=8,
-                           global_attention_layer_indices=[0], window_size=2),
-    "VideoPrismBackbone": dict(drop(VIS, "num_layers"), num_frames=2, num_spatial_layers=1,
-                               num_temporal_layers=1, num_auxiliary_layers=0),
-    "WhisperBackbone": dict(T, num_mels=8, max_encoder_sequence_length=32,
-                            max_decoder_sequence_length=SEQ),
-    "XLMRobertaBackbone": TD, "XLNetBackbone": T,
-    "XceptionBackbone": dict(stackwise_conv_filters=[[8, 8], [16, 16]],
-                             stackwise_pooling=[False, True], image_shape=I3),
 }
 #: classes without a configuration of their own, and why
 NOT_CONFIGURABLE = {"FeaturePyramidBackbone": "abstract base class (no layers of its own; "
@@ -379,25 +380,10 @@ def gradient_fn(model, xs: list) -> Callable[[Any], Any]:
     return grad
 
 
-def median_time(fn: Callable[[], Any], rounds: int = 3) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def relevance_ratios(a, arg, targets: np.ndarray, logit: np.ndarray) -> tuple[list, list]:
-    """sum(R)/logit per sample, and the same with what `NoRelevance` parts keep added."""
-    R = a(arg, target=targets)
-    total = sum(np.asarray(r, "float64").reshape(BATCH, -1).sum(1) for r in as_list(R))
-    shaped = a.for_shape([np.shape(v)[1:] for v in as_list(arg)])
-    layers = shaped.layerwise(arg, targets)
-    kept = sum(np.asarray(layers[n], "float64").reshape(BATCH, -1).sum(1)
-               for n, _, rule in shaped.rule_table() if rule.startswith("NoRelevance")
-               and n in layers)
-    return (total / logit).tolist(), ((total + kept) / logit).tolist()
+def ratio(R: Any, logit: np.ndarray) -> list[float]:
+    """sum(R)/logit per sample, R summed over every model input."""
+    return (sum(np.asarray(r, "float64").reshape(BATCH, -1).sum(1) for r in as_list(R))
+            / logit).tolist()
 
 
 def as_list(x: Any) -> list:
@@ -449,7 +435,7 @@ def measure(name: str) -> dict:
         R = a(arg, target=targets)
         row["first_call_s"] = time.perf_counter() - t0
         logit = pred[np.arange(BATCH), targets].astype("float64")
-        row["ratio"], row["ratio_kept"] = relevance_ratios(a, arg, targets, logit)
+        row["ratio"] = ratio(R, logit)
         row["nan"] = bool(any(not np.all(np.isfinite(r)) for r in as_list(R)))
     except Exception as exc:
         traceback.print_exc()
@@ -457,14 +443,15 @@ def measure(name: str) -> dict:
     row.update(outcome="explained", stage=None, logits=logit.tolist())
     try:
         cp = tf_lrp.Analyzer(model, tf_lrp.composites.CPLRP(0.0))
-        row["ratio_cp"] = relevance_ratios(cp, arg, targets, logit)[1]
+        row["ratio_cp"] = ratio(cp(arg, target=targets), logit)
     except Exception as exc:
         row["cp_error"] = "CP-LRP check: " + failure(exc)["reason"]
     try:
         grad, tt = gradient_fn(model, xs), tf.constant(targets)
         grad(tt)
-        row["gradient_s"] = median_time(lambda: grad(tt))
-        row["explain_s"] = median_time(lambda: a(arg, target=targets))
+        row["gradient_s"] = statistics.median(timeit.repeat(lambda: grad(tt), number=1, repeat=3))
+        row["explain_s"] = statistics.median(timeit.repeat(lambda: a(arg, target=targets),
+                                                           number=1, repeat=3))
         row["time_ratio"] = row["explain_s"] / row["gradient_s"]
     except Exception as exc:
         traceback.print_exc()
@@ -483,8 +470,10 @@ def run_child(name: str, args: argparse.Namespace) -> dict:
     except subprocess.TimeoutExpired:
         code = f"time-out after {args.timeout:.0f} s"
     if not path.exists():
-        path.write_text(json.dumps({"class": name, "outcome": "crashed", "reason": f"child "
-                                    f"process failed ({code}) after {time.perf_counter() - t0:.0f} s"}))
+        family = backbone_classes()[name].__module__.split("models.")[-1].split(".")[0]
+        path.write_text(json.dumps({"class": name, "family": family, "outcome": "crashed",
+                                    "reason": f"child process failed ({code}) after "
+                                    f"{time.perf_counter() - t0:.0f} s"}))
     return json.loads(path.read_text())
 
 
@@ -503,8 +492,12 @@ def worker(name: str, args: argparse.Namespace) -> int:
 
 
 def _f(values: Any, fmt: str = ".2f") -> str:
-    values = values if isinstance(values, list) else [values]
-    return "-" if any(v is None for v in values) else ", ".join(format(v, fmt) for v in values)
+    """A number, or per-sample numbers as "mean (first, second)"."""
+    if values is None:
+        return "-"
+    if not isinstance(values, list):
+        return format(values, fmt)
+    return f"{np.mean(values):{fmt}} ({', '.join(format(v, fmt) for v in values)})"
 
 
 def cause(row: dict) -> str:
@@ -537,8 +530,9 @@ def report(rows: Sequence[dict], argv: Sequence[str]) -> str:
         (__doc__ or "").split("\n\n")[2].replace("\n", " "), "",
         f"**{counts.get('explained', 0)} explained of {len(rows)}** backbone classes ("
         + ", ".join(f"{k}: {n}" for k, n in counts.items()) + ").", "",
-        "| class | family / kind | composite | outcome | sum(R)/logit | + kept | CP-LRP check "
-        "| logits max diff | build s | explain / gradient | reason |", "|" + "---|" * 11]
+        "| class | family / kind | composite | outcome | sum(R)/logit, mean (per sample) "
+        "| CP-LRP check | logits max diff | build s | explain / gradient | reason |",
+        "|" + "---|" * 10]
     for r in rows:
         reason = (f"{r['stage']}: " if r.get("stage") else "") + r.get(
             "reason", r.get("cp_error", "")) + "".join(
@@ -547,7 +541,7 @@ def report(rows: Sequence[dict], argv: Sequence[str]) -> str:
         lines.append(
             f"| {r['class']} | {r.get('family', '?')} / {r.get('kind') or '-'} | "
             f"{r.get('composite', '-')} | {r['outcome']} | {_f(r.get('ratio'))}"
-            f"{' **NaN**' if r.get('nan') else ''} | {_f(r.get('ratio_kept'))} | "
+            f"{' **NaN**' if r.get('nan') else ''} | "
             f"{_f(r.get('ratio_cp'))} | {_f(r.get('logits_max_diff'), '.0e')} | "
             f"{_f(r.get('build_s'), '.1f')} | {_f(r.get('time_ratio'), '.1f')} | "
             f"{reason.replace('|', '/')} |")

@@ -325,3 +325,32 @@ def test_fused_dot_product_attention_explains_like_the_written_out_attention():
     np.testing.assert_allclose(r_fused[0], r_written[0], rtol=1e-4,
                                atol=1e-5 * np.abs(r_written[0]).max())
     assert np.abs(r_fused[0]).max() > 1e-3
+
+
+def test_integrated_gradients_on_a_decoder_is_complete_in_embedding_space():
+    """IG's defining property on a Llama backbone with a head: the token attributions sum to
+    f(x) - f(baseline), the baseline being zero embeddings (computed on a copy whose embedding
+    table is zero)."""
+    keras.utils.set_random_seed(18)
+
+    def build():
+        b = _llama()
+        tok, pm = keras.Input((None,), dtype="int32"), keras.Input((None,), dtype="int32")
+        return keras.Model([tok, pm], keras.layers.Dense(3)(b({"token_ids": tok,
+                                                                "padding_mask": pm})[:, -1]))
+
+    model, zeroed = build(), build()
+    zeroed.set_weights(model.get_weights())
+    table = next(v for v in zeroed.weights if "token_embedding" in v.path)
+    table.assign(np.zeros(table.shape, "float32"))
+    ids, mask = _ids(np.random.default_rng(19), 2, 5, 40)
+    x = [ids, mask]
+    ig = tf_lrp.analyzers.IntegratedGradients(model, steps=128)
+    r = ig(x, target=2)
+    total = r[0].sum(axis=1)  # the token ids are the model's first input
+    expected = (keras.ops.convert_to_numpy(model(x))[:, 2]
+                - keras.ops.convert_to_numpy(zeroed(x))[:, 2])
+    np.testing.assert_allclose(total, expected, rtol=2e-2, atol=2e-3 * np.abs(expected).max())
+    assert np.abs(expected).min() > 1e-3
+    smooth = tf_lrp.analyzers.SmoothGrad(model, n_samples=4)(x, target=2)
+    assert np.isfinite(smooth[0]).all() and np.abs(smooth[0]).max() > 0
