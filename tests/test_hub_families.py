@@ -185,3 +185,13 @@ def test_deberta_v3_is_refused_with_the_reason():
     backbone = models.DebertaV3Backbone(bucket_size=4, **TEXT)
     with pytest.raises(UnsupportedLayerError, match="DisentangledSelfAttention.*TensorFlow"):
         tf_lrp.Analyzer(backbone, composites.AttnLRP())
+
+
+def test_mixture_of_experts_and_fourier_mixing_are_refused_with_the_reason():
+    moe = models.QwenMoeBackbone(moe_intermediate_dim=8, num_experts=2, top_k=1,
+                                 shared_expert_intermediate_dim=8, **DECODER)
+    with pytest.raises(UnsupportedLayerError, match="selects by rank.*no rule"):
+        tf_lrp.Analyzer(moe, composites.AttnLRP())
+    fnet = models.FNetBackbone(**{k: v for k, v in TEXT.items() if k != "num_heads"})
+    with pytest.raises(UnsupportedLayerError, match="Fourier.*no rule"):
+        tf_lrp.Analyzer(fnet, composites.AttnLRP(), output=0)

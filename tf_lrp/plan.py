@@ -129,7 +129,8 @@ def assign_rules(graph: Graph, composite: composites.Composite, ranges: dict
             rule = _FIXED[weightless.NONE]  # nothing reaches it (a mask, a norm's variance)
         if rule is None:
             problems.append((node, "has weights but no rule in the composite" if weighted
-                             else "is not a layer type tf_lrp knows"))
+                             else weightless.no_rule_reason(node.layer)
+                             or "is not a layer type tf_lrp knows"))
             continue
         reason = rule.check(node, node_facts)
         if reason:

@@ -106,6 +106,25 @@ _FIXED: list[tuple[tuple[type, ...], str]] = [
 ]
 
 
+#: operations the literature gives no LRP rule for, with the reason tf_lrp refuses them
+NO_RULE: list[tuple[tuple[type, ...], str]] = [
+    (_op("TopK", "Argmax", "Argsort", "Sort"),
+     "selects by rank (mixture-of-experts routing, top-k): the LRP literature gives no rule for "
+     "the selection, so tf_lrp refuses it rather than guess"),
+    (_op("FFT", "FFT2", "FFT3", "RFFT", "IRFFT", "IFFT2", "STFT", "ISTFT"),
+     "is a Fourier transform (FNet-style token mixing): the LRP literature gives no rule for "
+     "complex-valued mixing, so tf_lrp refuses it rather than guess"),
+]
+
+
+def no_rule_reason(layer) -> str | None:
+    """Why the literature has no rule for ``layer`` (``None``: it is not one of those)."""
+    for classes, reason in NO_RULE:
+        if classes and isinstance(layer, classes):
+            return reason
+    return None
+
+
 def handling(layer, n_inputs: int = 1) -> str | None:
     """The fixed handling of a layer or operation without weights, or ``None`` if unknown.
 
