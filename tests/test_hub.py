@@ -261,6 +261,8 @@ def test_text_classifier_from_a_preset_directory_takes_strings(tmp_path):
         [(8,)] * 3).graph.input_names
     g_tok = gx[names.index("token_ids")]
     assert g_tok.shape == (2, 8) and np.abs(g_tok).max() > 0
+    # the padding mask is no token input (segment ids are: an Embedding reads them): zero
+    assert not gx[names.index("padding_mask")].any()
 
 
 @pytest.mark.parametrize("policy", ["bfloat16", "mixed_float16"])
@@ -354,3 +356,147 @@ def test_integrated_gradients_on_a_decoder_is_complete_in_embedding_space():
     assert np.abs(expected).min() > 1e-3
     smooth = tf_lrp.analyzers.SmoothGrad(model, n_samples=4)(x, target=2)
     assert np.isfinite(smooth[0]).all() and np.abs(smooth[0]).max() > 0
+
+
+# ----------------------------------------------------------------------------- structure
+class GatedUnit(keras.layers.Layer):
+    """act(Dense(x)) * Dense(x): a gated linear unit with the given activation."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.gate, self.up = keras.layers.Dense(4, name="gate"), keras.layers.Dense(4, name="up")
+        self.act = activation
+
+    def call(self, x):
+        return getattr(ops, self.act)(self.gate(x)) * self.up(x)
+
+
+@pytest.mark.parametrize("activation, kind, rule", [
+    ("silu", "GatedProduct", "UniformProduct()"),
+    ("sigmoid", "Multiply", "SignalTakesAll()"),  # a gate in [0, 1]: signal-take-all
+])
+def test_gated_units_by_their_gate(activation, kind, rule):
+    keras.utils.set_random_seed(26)
+    x_in = keras.Input((3,))
+    model = keras.Model(x_in, keras.layers.Dense(2)(GatedUnit(activation, name="glu")(x_in)))
+    a = tf_lrp.Analyzer(model, ATTN0)
+    row = {n: (c, r) for n, c, r in a.rule_table()}["glu/multiply"]
+    assert row == (kind, rule)
+
+
+class HandAttention(keras.layers.Layer):
+    """Single-head attention written with keras.ops; ``values_first`` writes A . v as
+    einsum(v, A)."""
+
+    def __init__(self, values_first=False, fused=False, **kwargs):
+        super().__init__(**kwargs)
+        self.values_first, self.fused = values_first, fused
+        self.q, self.k, self.v = (keras.layers.Dense(4, name=n) for n in "qkv")
+
+    def call(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.fused:
+            heads = [ops.expand_dims(t, 2) for t in (q, k, v)]
+            return ops.squeeze(ops.dot_product_attention(*heads, scale=0.5, is_causal=True), 2)
+        s = ops.einsum("bqd,bkd->bqk", q, k) * 0.5
+        causal = np.tril(np.ones((5, 5), bool))
+        a = ops.softmax(ops.where(causal, s, -1e9), axis=-1)
+        if self.values_first:
+            return ops.einsum("bkd,bqk->bqd", v, a)
+        return ops.einsum("bqk,bkd->bqd", a, v)
+
+
+@pytest.mark.parametrize("variant", ["values_first", "fused"])
+def test_hand_written_attention_variants_explain_alike(variant):
+    """The same attention written three ways: A . v, v . A (factors swapped), and the fused
+    op with is_causal; CP-LRP (all relevance through the values) tells the factors apart."""
+    keras.utils.set_random_seed(27)
+    models = []
+    for kwargs in ({}, {variant: True}):
+        x_in = keras.Input((5, 3))
+        h = HandAttention(name="att", **kwargs)(x_in)
+        models.append(keras.Model(x_in, keras.layers.Dense(2)(keras.layers.Flatten()(h))))
+    models[1].set_weights(models[0].get_weights())
+    x = np.random.default_rng(28).normal(size=(2, 5, 3)).astype("float32")
+    for composite in (ATTN0, composites.CPLRP(epsilon=0.0)):
+        base, other = (tf_lrp.Analyzer(m, composite) for m in models)
+        np.testing.assert_allclose(other.predict(x), models[1].predict(x, verbose=0),
+                                   rtol=1e-5, atol=1e-6)
+        r0, r1 = base(x, target=1), other(x, target=1)
+        np.testing.assert_allclose(r1, r0, rtol=1e-4, atol=1e-5 * np.abs(r0).max())
+        assert np.abs(r0).max() > 1e-3
+
+
+def test_integer_mask_cast_to_float_is_computed_not_aliased():
+    tok = keras.Input((4,), dtype="int32")
+    mask = keras.Input((4,), dtype="int32")
+    h = keras.layers.Embedding(9, 3)(tok) * ops.expand_dims(ops.cast(mask, "float32"), -1)
+    model = keras.Model([tok, mask], keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    x = [np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.array([[1, 1, 1, 0], [1, 0, 1, 0]])]
+    a = tf_lrp.Analyzer(model, rules.Zero())
+    np.testing.assert_allclose(a.predict(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    r = a(x, target=0)
+    assert not r[0][x[1] == 0].any() and np.abs(r[0][x[1] == 1]).max() > 0
+
+
+def test_position_table_layer_absorbs_its_share_like_a_constant_summand():
+    """KerasHub's PositionEmbedding reads its input for the shape only: its output takes its
+    share of the sum and passes nothing on (the same as adding the table as a constant)."""
+    keras.utils.set_random_seed(29)
+    tok = keras.Input((5,), dtype="int32")
+    emb = keras.layers.Embedding(9, 4, name="emb")
+    e = emb(tok)
+    pos_layer = keras_hub.layers.PositionEmbedding(sequence_length=5, name="pos")
+    out = keras.layers.Dense(2, name="d")(keras.layers.Flatten()(e + pos_layer(e)))
+    model = keras.Model(tok, out)
+    table = np.random.default_rng(30).normal(size=(5, 4)).astype("float32")
+    pos_layer.position_embeddings.assign(table)
+    tok2 = keras.Input((5,), dtype="int32")
+    emb2 = keras.layers.Embedding(9, 4)
+    plain = keras.Model(tok2, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(
+        emb2(tok2) + table[None])))
+    emb2.set_weights(emb.get_weights())
+    plain.get_layer("d").set_weights(model.get_layer("d").get_weights())
+    x = np.random.default_rng(31).integers(0, 9, (2, 5))
+    a = tf_lrp.Analyzer(model, rules.Zero())
+    assert {n: r for n, _, r in a.rule_table()}["pos"] == "NoRelevance()"
+    r = a(x, target=1)
+    np.testing.assert_allclose(r, tf_lrp.Analyzer(plain, rules.Zero())(x, target=1),
+                               rtol=1e-4, atol=1e-6)
+    total = model.predict(x, verbose=0)[:, 1] - model.get_layer("d").bias.numpy()[1]
+    assert np.abs(r.sum(1) - total).min() > 1e-3  # the table kept its share
+
+
+class InverseNorm(keras.layers.Layer):
+    def call(self, x):  # a normalizing factor over the signal: not a normalization
+        return ops.sqrt(ops.mean(ops.square(x), axis=-1, keepdims=True)) / x
+
+
+def test_a_quotient_of_a_factor_by_the_signal_is_not_taken_for_a_normalization():
+    x_in = keras.Input((3,))
+    model = keras.Model(x_in, keras.layers.Dense(2)(InverseNorm(name="inv")(x_in)))
+    with pytest.raises(UnsupportedLayerError, match="inv/true_divide"):
+        tf_lrp.Analyzer(model, rules.Zero())
+
+
+class Truncate(keras.layers.Layer):
+    def call(self, x):  # a cast to int truncates: not a no-op, even though it comes back
+        return ops.cast(ops.cast(x * 2.7, "int32"), "float32")
+
+
+class RankUp(keras.layers.Layer):
+    def call(self, x):  # broadcast a vector to x's shape (free batch), then reduce an axis
+        w = ops.broadcast_to(ops.arange(4, dtype="float32"), ops.shape(x))
+        return x * ops.sum(w, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("layer", [Truncate, RankUp])
+def test_shape_and_dtype_ops_compute_what_the_layer_computes(layer):
+    keras.utils.set_random_seed(32)
+    x_in = keras.Input((3, 4))
+    model = keras.Model(x_in, keras.layers.Dense(2)(keras.layers.Flatten()(
+        layer(name="op")(keras.layers.Dense(4)(x_in)))))
+    x = np.random.default_rng(33).normal(size=(3, 3, 4)).astype("float32")
+    a = tf_lrp.Analyzer(model, rules.Zero())
+    assert a.__dict__.get("_deferred") is None  # one graph for every batch size
+    np.testing.assert_allclose(a.predict(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
