@@ -483,7 +483,10 @@ def worker(name: str, args: argparse.Namespace) -> int:
     except Exception as exc:  # anything measure() did not catch
         traceback.print_exc()
         row = failure(exc, **{"class": name, "outcome": "crashed"})
-    row["date"] = f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
+    from zoo import git_commit  # scripts/ is on the path of a script run from it
+
+    row.update(date=f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+               commit=git_commit())
     tmp = args.results / f"{name}.json.tmp"
     tmp.write_text(json.dumps(row, indent=1))
     os.replace(tmp, args.results / f"{name}.json")
@@ -523,7 +526,8 @@ def report(rows: Sequence[dict], argv: Sequence[str]) -> str:
     dates = sorted(r["date"] for r in rows if "date" in r) or ["?"]
     lines = [
         "# KerasHub backbones", "",
-        f"`python scripts/hub.py {' '.join(argv)}`; tf_lrp at {git_commit()}; measured "
+        f"`{' '.join(['python scripts/hub.py', *argv])}`; tf_lrp at "
+        f"{', '.join(sorted({r.get('commit', git_commit()) for r in rows}))}; measured "
         f"{dates[0]} to {dates[-1]} on {cpu_name()}, {os.cpu_count()} cores (CPU only, shared: "
         f"times are indicative); Python {platform.python_version()}, TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}, keras-hub {keras_hub.__version__}.", "",

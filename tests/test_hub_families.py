@@ -183,7 +183,7 @@ def test_electra_backbone_with_a_head_from_a_keras_file(tmp_path):
 
 def test_deberta_v3_is_refused_with_the_reason():
     backbone = models.DebertaV3Backbone(bucket_size=4, **TEXT)
-    with pytest.raises(UnsupportedLayerError, match="DisentangledSelfAttention.*TensorFlow"):
+    with pytest.raises(UnsupportedLayerError, match="DisentangledSelfAttention.*calls TensorFlow directly"):
         tf_lrp.Analyzer(backbone, composites.AttnLRP())
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lrp import canonizers, keras_adapter, plan
-from tf_lrp.errors import InputError
+from tf_lrp.errors import InputError, LRPError
 from tf_lrp.graph import Graph, Node, build_graph
 
 Tensor = tf.Tensor
@@ -54,20 +54,34 @@ class _PerShape(type):
         args, kwargs = ((model, *args[1:]), kwargs) if args else \
             (args, {**kwargs, "model": model})
         probe = given or [tuple(PROBE_SIZE if d is None else d for d in s) for s in free_shapes]
+        guessed = given is None and any(d is None for s in free_shapes for d in s)
+        built: dict = {}
         try:
-            built = super().__call__(*args, **{**kwargs, "input_shapes": probe})
-            per_batch = False
-        except _NeedsShapes:  # the sizes alone do not do: the batch size must be known too
-            built = super().__call__(*args, **{**kwargs, "input_shapes": probe,
-                                              "input_batch": 2})
-            per_batch = True
+            try:
+                built[None, tuple(map(tuple, probe))] = super().__call__(
+                    *args, **{**kwargs, "input_shapes": probe})
+                per_batch = False
+            except _NeedsShapes:  # the sizes alone do not do: the batch size must be known too
+                built[2, tuple(map(tuple, probe))] = super().__call__(
+                    *args, **{**kwargs, "input_shapes": probe, "input_batch": 2})
+                per_batch = True
+        except LRPError as err:
+            from tf_lrp import flatten
+
+            text = str(err)
+            if not guessed or flatten.STRUCTURAL in text or not (
+                    "could not be flattened" in text or "could not be called" in text):
+                raise
+            # the probe's sizes were a guess (an audio model may need thousands of samples):
+            # the first call decides
+            built, per_batch = {}, False
         if given is not None and not per_batch:
-            return built
+            return next(iter(built.values()))
         obj = cls.__new__(cls)
         obj.model, obj._input_names = model, names
         obj._deferred = (args, kwargs)
         obj._per_batch = per_batch
-        obj._by_shape = {(2 if per_batch else None, tuple(map(tuple, probe))): built}
+        obj._by_shape = built
         obj.batch_size = kwargs.get("batch_size")
         return obj
 

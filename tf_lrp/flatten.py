@@ -30,6 +30,11 @@ import keras
 
 from tf_lrp import keras_adapter
 
+#: how Keras says a body used TensorFlow directly or branched on a value (no sizes help)
+_STRUCTURAL = ("TensorFlow function", "as a boolean", "Iterating over a symbolic")
+#: the words a refusal of that kind carries
+STRUCTURAL = "calls TensorFlow directly or branches on values"
+
 
 def is_builtin(op) -> bool:
     """Whether ``op`` is a Keras built-in layer or operation (not a subclass defined elsewhere)."""
@@ -44,6 +49,17 @@ def is_custom(op) -> bool:
     if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model) or is_builtin(op):
         return False
     return lrp_layers.linear_part(op) is None
+
+
+def flattens(op, node) -> bool:
+    """Whether ``node`` (a call of ``op``) is flattened: ``op`` is a custom layer, or a Keras
+    attention layer called in a way its rewrite into parts does not cover (a constant query,
+    as in attention pooling with a learned probe)."""
+    if is_custom(op):
+        return True
+    if isinstance(op, keras.layers.MultiHeadAttention):
+        return "query" not in keras_adapter.input_roles(node)
+    return False
 
 
 @dataclass
@@ -109,9 +125,11 @@ def flatten(op, node, shapes: list[tuple] | None = None, own_call: bool = True,
                                                       inline=inline, paths=paths)
     except Exception as exc:  # whatever the body does that symbolic tensors cannot
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        text = f"{type(exc).__name__}: {first[:100]}{'...' if len(first) > 100 else ''}"
-        return Flattened([], [], [], reason=f"could not be flattened into its parts ({text})",
-                         shape_dependent=unknown)
+        text = f"{type(exc).__name__}: {first[:80]}{'...' if len(first) > 80 else ''}"
+        structural = any(m in first for m in _STRUCTURAL)
+        return Flattened([], [], [], reason=f"could not be flattened into its parts ({text})"
+                         + (f"; {STRUCTURAL}" if structural else ""),
+                         shape_dependent=unknown and not structural)
     if not any(isinstance(o, keras.KerasTensor) for o in outputs):
         return Flattened(inputs, [], outputs, constant=True)
     if not all(isinstance(o, keras.KerasTensor) for o in outputs):
@@ -124,4 +142,4 @@ def flatten(op, node, shapes: list[tuple] | None = None, own_call: bool = True,
     return Flattened(inputs, nodes, outputs, paths=paths)
 
 
-__all__ = ["Flattened", "flatten", "is_builtin", "is_custom"]
+__all__ = ["Flattened", "flatten", "flattens", "is_builtin", "is_custom"]

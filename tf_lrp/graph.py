@@ -252,7 +252,7 @@ def _walk(triples, keys: dict[int, int], prefix: str, graph: Graph, counts: dict
             keys[id(outputs[0])] = in_keys[0]  # a no-op (Functional.call's ConvertToTensor)
             continue
         name = _op_name(op, prefix, counts, used, graph.taken)
-        if flatten.is_custom(op) and not (keep and keep(op, name)):
+        if flatten.flattens(op, node) and not (keep and keep(op, name)):
             done = flatten.flatten(op, node, sizes, keep=_under(keep, name + "/"))
             if done.reason is None and not done.constant:
                 for kt, k in zip(done.inputs, in_keys):

@@ -106,7 +106,7 @@ def _free_batch_ops():
         unknown = sum(d is None for d in newshape) if isinstance(newshape, (list, tuple)) else 0
         if unknown == 1 and -1 not in newshape:
             newshape = tuple(-1 if d is None else d for d in newshape)
-        elif unknown > 1 and isinstance(x, keras.KerasTensor) and all(
+        elif unknown and isinstance(x, keras.KerasTensor) and all(
                 i < len(x.shape) for i, d in enumerate(newshape) if d is None):
             return ReshapeKeepingSizes(newshape)(x)
         return original_reshape(x, newshape)
@@ -135,13 +135,39 @@ def _free_batch_ops():
                 shape[i] = input_shape[inputs.index(letter)]
         return tuple(shape)
 
+    # ``self.w * x``: a variable's operators call the backend, which cannot take a symbolic
+    # tensor; with one, they call keras.ops instead (the node then reads the live variable)
+    from keras.src.backend.common.variables import Variable
+
+    saved = {name: Variable.__dict__[name] for name, _ in _VARIABLE_OPERATORS}
+
+    def operator(name: str, fn: str, reflected: bool):
+        original_op = saved[name]
+
+        def apply(self, other):
+            if isinstance(other, keras.KerasTensor):
+                return getattr(ops, fn)(other, self) if reflected else getattr(ops, fn)(self, other)
+            return original_op(self, other)
+
+        return apply
+
     ops.broadcast_to, ops.reshape = broadcast_to, reshape
     dense.compute_output_shape = einsum_shape
+    for name, (fn, reflected) in _VARIABLE_OPERATORS:
+        setattr(Variable, name, operator(name, fn, reflected))
     try:
         yield
     finally:
         ops.broadcast_to, ops.reshape = original, original_reshape
         dense.compute_output_shape = original_spec
+        for name, method in saved.items():
+            setattr(Variable, name, method)
+
+
+_VARIABLE_OPERATORS = [
+    (f"__{r}{name}__", (fn, bool(r))) for name, fn in (
+        ("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "divide"),
+        ("matmul", "matmul"), ("pow", "power")) for r in ("", "r")]
 
 
 @contextlib.contextmanager

@@ -70,12 +70,17 @@ def value_ranges(graph: Graph) -> dict[int, weightless.Range]:
     return ranges
 
 
-def _fixed_rule(node: Node, gates: list[bool]) -> lrp_rules.Rule | None:
+def _fixed_rule(node: Node, gates: list[bool], preprocessing: bool = False
+                ) -> lrp_rules.Rule | None:
     kind = weightless.handling(node.layer, len(node.inputs))
     if kind == weightless.PRODUCT:
         if any(gates) and not all(gates):
             return lrp_rules.SignalTakesAll()
         return lrp_rules.UniformProduct()
+    if preprocessing and weightless.is_elementwise_op(node.layer, len(node.inputs)):
+        # x - mean, x / std written with keras.ops in front of every layer with weights:
+        # preprocessing, whose relevance passes as through Rescaling/Normalization layers
+        return _FIXED[weightless.PASS]
     return _FIXED.get(kind)
 
 
@@ -101,7 +106,7 @@ def assign_rules(graph: Graph, composite: composites.Composite, ranges: dict
         embedding = node.kind == "layer" and isinstance(node.layer, kl.Embedding) and \
             node.linear is None
         for k in node.outputs:
-            after_weights[k] = weighted or embedding or \
+            after_weights[k] = weighted or embedding or weightless.is_linear_op(node.layer) or \
                 any(after_weights.get(k2, False) for k2 in node.inputs)
         node_facts = facts(graph, node, ranges)
         refused = node.refusal or _refused(node)
@@ -124,7 +129,8 @@ def assign_rules(graph: Graph, composite: composites.Composite, ranges: dict
         else:
             rule = composite.rule_for_node(node, first=first, weighted=weighted)
             if rule is None and not weighted:
-                rule = _fixed_rule(node, node_facts.gates)
+                rule = _fixed_rule(node, node_facts.gates, preprocessing=not any(
+                    after_weights.get(k, False) for k in node.inputs))
         if rule is None and node.inert:
             rule = _FIXED[weightless.NONE]  # nothing reaches it (a mask, a norm's variance)
         if rule is None:
@@ -171,7 +177,7 @@ def unsupported_message(problems: list[tuple[Node, str]], composite) -> str:
         hint = (f"if {example} is elementwise, map rules.Pass() to it: "
                 f"Analyzer(model, composites.Overrides({composite!r}, [({example!r}, "
                 f"rules.Pass())])), on the command line --rule {example}=pass; if it only moves "
-                "values, rules.Route() (--rule ...=route). ")
+                "values, rules.Route(). ")
     else:
         hint = (f"{example} has {len(node.inputs)} inputs and {len(node.outputs)} output(s): "
                 "no relaying rule fits it whole. ")
@@ -179,8 +185,8 @@ def unsupported_message(problems: list[tuple[Node, str]], composite) -> str:
         f"cannot explain this model: no LRP rule fits {len(problems)} layer"
         f"{'s' if len(problems) > 1 else ''} of {len(by_class)} class"
         f"{'es' if len(by_class) > 1 else ''}:\n" + "\n".join(lines) + "\n"
-        "Custom layers are explained by their parts when call() uses keras.ops and Keras layers "
-        "only (no tf.* calls, no branches on tensor values).\nFix: " + hint +
+        "Custom layers written with keras.ops and Keras layers are explained by their parts."
+        "\nFix: " + hint +
         "A custom linear layer with weights: tf_lrp.layers.register_linear."
     )
 
@@ -250,8 +256,8 @@ def token_inputs(graph: Graph) -> dict[int, Node]:
     consumers = graph.consumers()
     out: dict[int, Node] = {}
     for i, k in enumerate(graph.inputs):
-        readers = [n for n in consumers.get(k, [])
-                   if weightless.handling(n.layer, len(n.inputs)) != weightless.NONE]
+        readers = [n for n in consumers.get(k, []) if not n.constant and
+                   weightless.handling(n.layer, len(n.inputs)) != weightless.NONE]
         if len(readers) == 1 and isinstance(readers[0].layer, kl.Embedding) and \
                 readers[0].linear is None:
             out[i] = readers[0]

@@ -22,9 +22,10 @@ does for ``MultiHeadAttention``:
   :class:`GatedProduct`: AttnLRP splits it uniformly (Prop. 3.2), CP-LRP holds the activated
   gate constant. Products with a gate in [0, 1] (sigmoid) keep the signal-take-all rule.
 
-Nodes whose outputs only ever feed held factors, masks or constants (the variance of a norm, a
-mask computed from the padding mask) are marked ``inert``: they receive no relevance, so they
-need no rule.
+Nodes computed from integer model inputs alone other than through an ``Embedding`` (position
+ids, masks and ALiBi biases from the padding mask) are marked ``constant``: relevance reaching
+them stays there. Nodes whose outputs only ever feed held factors, masks or constants (the
+variance of a norm) are marked ``inert``: they receive no relevance, so they need no rule.
 """
 
 from __future__ import annotations
@@ -139,8 +140,24 @@ def mark_parts(graph: Graph) -> Graph:
                     up = origins[1 - acts[0]]
                     if up is not None and up.linear is not None and up.kind == "layer":
                         node.layer = GatedProduct(node.name, layer, (acts[0],))
+    _mark_integer_derived(graph)
     _mark_inert(graph)
     return graph
+
+
+def _mark_integer_derived(graph: Graph) -> None:
+    """Mark as ``constant`` the nodes computed from integer or boolean model inputs alone (token
+    ids, padding masks) other than through an ``Embedding``: position ids, ALiBi biases and
+    masks derived from the padding mask are not features, so relevance that reaches them
+    stays there (as it does on a bias) instead of flowing into the mask."""
+    derived = {k for k, dtype in zip(graph.inputs, graph.input_dtypes)
+               if not dtype.startswith(("float", "bfloat"))}
+    for node in graph.nodes:
+        lookup = isinstance(node.layer, kl.Embedding) and node.linear is None
+        if node.inputs and all(k in derived for k in node.inputs) and not lookup and \
+                node.kind == "layer" and node.recurrent is None:
+            derived.update(node.outputs)
+            node.constant = True
 
 
 def _bilinear(node: Node, producer: dict) -> None:

@@ -54,13 +54,15 @@ _app = keras_adapter.application_layer_classes
 #: shape (``zeros_like``): no relevance reaches them
 MASKING = _op("NotEqual", "Equal", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd",
               "LogicalOr", "LogicalNot", "LogicalXor", "Any", "All", "IsNan", "IsFinite",
-              # outputs that depend on the input's shape only
-              "ZerosLike", "OnesLike", "FullLike", "Shape")
+              # outputs that depend on the input's shape only, or are integer positions
+              "ZerosLike", "OnesLike", "FullLike", "Shape", "Argmax", "Argmin", "Argsort")
 
 _ACTIVATION_LAYERS = (kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl.Softmax)
 _ACTIVATION_OPS = _op("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu",
                       "Tanh", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu", "Mish",
-                      "Softmax", "Celu", "Glu", "SparsePlus", "Squareplus", "Exp")
+                      "Softmax", "Celu", "Glu", "SparsePlus", "Squareplus", "Exp",
+                      # the value passes unchanged (the gradient is cut: not relevance's concern)
+                      "StopGradient")
 #: elementwise affine or scale layers: relevance passes unchanged
 ELEMENTWISE = (kl.Rescaling, kl.Normalization, kl.BatchNormalization, *_app("LayerScale"))
 _DROPOUT = (kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D,
@@ -100,7 +102,7 @@ _NORMALIZATIONS = (kl.LayerNormalization, kl.GroupNormalization, kl.UnitNormaliz
 _FIXED: list[tuple[tuple[type, ...], str]] = [
     (_ACTIVATION_LAYERS + _ACTIVATION_OPS + ELEMENTWISE, PASS),
     (_DROPOUT + _MAX_POOLING + _RESHAPING + _MAXIMUM + (kl.InputLayer,), ROUTE),
-    (_AVERAGING + _SUMS + _DIFFERENCES + _op("Sum", "Negative"), PROPORTIONAL),
+    (_AVERAGING + _SUMS + _DIFFERENCES + _op("Sum", "Negative", "Cumsum"), PROPORTIONAL),
     (_NORMALIZATIONS, NORMALIZATION),
     (MASKING, NONE),
 ]
@@ -108,7 +110,7 @@ _FIXED: list[tuple[tuple[type, ...], str]] = [
 
 #: operations the literature gives no LRP rule for, with the reason tf_lrp refuses them
 NO_RULE: list[tuple[tuple[type, ...], str]] = [
-    (_op("TopK", "Argmax", "Argsort", "Sort"),
+    (_op("TopK", "Sort"),
      "selects by rank (mixture-of-experts routing, top-k): the LRP literature gives no rule for "
      "the selection, so tf_lrp refuses it rather than guess"),
     (_op("FFT", "FFT2", "FFT3", "RFFT", "IRFFT", "IFFT2", "STFT", "ISTFT"),
@@ -144,6 +146,18 @@ def handling(layer, n_inputs: int = 1) -> str | None:
         if isinstance(layer, classes):
             return kind
     return None
+
+
+def is_elementwise_op(layer, n_inputs: int) -> bool:
+    """Whether ``layer`` is ``x + c``, ``x - c``, ``x * c``, ``x / c`` or ``-x`` on one tensor
+    (``c`` a constant broadcast along ``x``)."""
+    return n_inputs == 1 and isinstance(layer, _SCALINGS + _ADD_OPS + _SUBTRACT_OPS)
+
+
+def is_linear_op(layer) -> bool:
+    """Whether ``layer`` is an ``einsum``/``matmul``/``dot`` operation (a product with weights
+    when one operand is a constant or variable)."""
+    return isinstance(layer, _LINEAR_OPS)
 
 
 def is_elementwise(layer) -> bool:
