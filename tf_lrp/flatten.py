@@ -31,7 +31,7 @@ import keras
 from tf_lrp import keras_adapter
 
 #: how Keras says a body used TensorFlow directly or branched on a value (no sizes help)
-_STRUCTURAL = ("TensorFlow function", "as a boolean", "Iterating over a symbolic")
+_STRUCTURAL = ("TensorFlow function", "as a boolean")
 #: the words a refusal of that kind carries
 STRUCTURAL = "calls TensorFlow directly or branches on values"
 
