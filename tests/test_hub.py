@@ -50,15 +50,22 @@ class OpsDense(keras.layers.Layer):
 
 
 class OpsRMSNorm(keras.layers.Layer):
-    """RMSNorm as KerasHub's Gemma writes it: x / sqrt(mean(x^2) + eps) * (1 + w)."""
+    """RMSNorm as KerasHub's Gemma writes it: x / sqrt(mean(x^2) + eps) * (1 + w); Gemma4
+    writes the factor as a power -0.5, Llama as rsqrt."""
+
+    def __init__(self, form="reciprocal", **kwargs):
+        super().__init__(**kwargs)
+        self.form = form
 
     def build(self, shape):
         self.scale = self.add_weight(shape=(shape[-1],), name="scale",
                                      initializer="random_normal")
 
     def call(self, x):
-        var = ops.mean(ops.square(x), axis=-1, keepdims=True)
-        return x * ops.reciprocal(ops.sqrt(var + 1e-6)) * (1.0 + self.scale)
+        var = ops.mean(ops.square(x), axis=-1, keepdims=True) + 1e-6
+        factor = {"reciprocal": lambda: ops.reciprocal(ops.sqrt(var)),
+                  "power": lambda: ops.power(var, -0.5), "rsqrt": lambda: ops.rsqrt(var)}
+        return x * factor[self.form]() * (1.0 + self.scale)
 
 
 class RawTF(keras.layers.Layer):
@@ -103,11 +110,12 @@ def test_custom_layer_is_flattened_and_explains_like_plain_layers():
     assert dict((n, r) for n, _, r in other.rule_table())["block/inner"].startswith("Epsilon(")
 
 
-def test_hand_written_rmsnorm_holds_its_factor_constant_like_the_keras_layer():
+@pytest.mark.parametrize("form", ["reciprocal", "power", "rsqrt"])
+def test_hand_written_rmsnorm_holds_its_factor_constant_like_the_keras_layer(form):
     keras.utils.set_random_seed(3)
     x_in = keras.Input((6,))
     h = keras.layers.Dense(6, name="d1")(x_in)
-    out_custom = keras.layers.Dense(2, name="d2")(OpsRMSNorm(name="norm")(h))
+    out_custom = keras.layers.Dense(2, name="d2")(OpsRMSNorm(form, name="norm")(h))
     custom = _seeded(keras.Model(x_in, out_custom), 4)
     y_in = keras.Input((6,))
     h2 = keras.layers.Dense(6, name="d1")(y_in)
@@ -329,6 +337,44 @@ def test_fused_dot_product_attention_explains_like_the_written_out_attention():
     assert np.abs(r_fused[0]).max() > 1e-3
 
 
+class ProbePooling(keras.layers.Layer):
+    """Attention pooling with a learned probe as the query (SigLIP's head)."""
+
+    def __init__(self, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = keras.layers.MultiHeadAttention(2, 3, dropout=dropout)
+
+    def build(self, shape):
+        self.probe = self.add_weight(shape=(1, 1, shape[-1]), initializer="random_normal")
+        self.attention.build((None, 1, shape[-1]), (None, None, shape[-1]))
+
+    def call(self, x):
+        probes = ops.repeat(self.probe, ops.shape(x)[0], axis=0)
+        return self.attention(probes, x)[:, 0]
+
+
+def test_fused_attention_with_a_constant_query_explains_like_the_written_out_one():
+    """The probe is a constant query: dropout 0 runs the fused op, whose scores are then a
+    linear map of the keys (LRP-0); dropout > 0 writes out einsum and Softmax, where the
+    einsum with a constant operand is linear too. Same weights, same relevance."""
+    keras.utils.set_random_seed(18)
+    models = []
+    for dropout in (0.0, 0.1):
+        x = keras.Input((5, 6))
+        models.append(keras.Model(x, keras.layers.Dense(3)(ProbePooling(dropout)(
+            keras.layers.Dense(6)(x)))))
+    models[1].set_weights([w * 3 for w in models[0].get_weights()])
+    models[0].set_weights(models[1].get_weights())
+    data = np.random.default_rng(19).normal(0.3, 1.0, (2, 5, 6)).astype("float32")
+    fused, written = (tf_lrp.Analyzer(m, ATTN0) for m in models)
+    table = fused.for_shape([(5, 6)], batch=2).rule_table()
+    assert [c for n, c, _ in table if n.endswith("dot_product_attention/scores")] == ["Einsum"]
+    np.testing.assert_allclose(fused.predict(data), models[0](data), rtol=1e-5, atol=1e-6)
+    r_fused, r_written = fused(data, target=[0, 2]), written(data, target=[0, 2])
+    np.testing.assert_allclose(r_fused, r_written, rtol=1e-4, atol=1e-5 * np.abs(r_written).max())
+    assert np.abs(r_fused).max() > 1e-3
+
+
 def test_integrated_gradients_on_a_decoder_is_complete_in_embedding_space():
     """IG's defining property on a Llama backbone with a head: the token attributions sum to
     f(x) - f(baseline), the baseline being zero embeddings (computed on a copy whose embedding
@@ -500,3 +546,32 @@ def test_shape_and_dtype_ops_compute_what_the_layer_computes(layer):
     a = tf_lrp.Analyzer(model, rules.Zero())
     assert a.__dict__.get("_deferred") is None  # one graph for every batch size
     np.testing.assert_allclose(a.predict(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+class OpsClipConv(keras.layers.Layer):
+    """A depthwise convolution and a clip written with keras.ops (a Qwen3.5 linear-attention
+    convolution, GPT-OSS's clamped activations)."""
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(2, 2, shape[-1], 2), name="kernel")
+
+    def call(self, x):
+        return ops.clip(ops.depthwise_conv(x, self.kernel, 1, "valid"), 0.0, 6.0)
+
+
+def test_ops_convolution_and_clip_explain_like_the_keras_layers():
+    keras.utils.set_random_seed(7)
+    x_in = keras.Input((5, 4, 3))
+    custom = _seeded(keras.Model(x_in, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(
+        OpsClipConv(name="clipconv")(x_in)))), 8)
+    conv = keras.layers.DepthwiseConv2D(2, depth_multiplier=2, use_bias=False)
+    plain = keras.Model(x_in, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(
+        keras.layers.ReLU(max_value=6.0)(conv(x_in)))))
+    conv.kernel.assign(custom.get_layer("clipconv").kernel.numpy())
+    plain.get_layer("d").set_weights(custom.get_layer("d").get_weights())
+    x = np.random.default_rng(9).normal(0.4, 1.5, (2, 5, 4, 3)).astype("float32")
+    np.testing.assert_allclose(custom(x), plain(x), rtol=1e-5, atol=1e-5)
+    a, b = tf_lrp.Analyzer(custom, rules.Zero()), tf_lrp.Analyzer(plain, rules.Zero())
+    r = a(x, target=[1, 0])
+    np.testing.assert_allclose(r, b(x, target=[1, 0]), rtol=1e-4, atol=1e-5 * np.abs(r).max())
+    assert np.abs(r).max() > 1e-3

@@ -2,9 +2,9 @@
 directory (``save_to_preset`` then ``from_preset``; tiny configs, random weights, no download):
 logits equal to the model's, relevance finite and not all zero, padding without relevance.
 
-DeBERTaV3 is refused with the reason (KerasHub's TensorFlow code path calls ``tf.gather`` on
-its attention scores, which a symbolic call cannot record). ``scripts/hub.py`` maps every
-backbone class (benchmarks/HUB.md).
+DeBERTaV3's TensorFlow code path calls ``tf.gather`` on its relative-position scores; the
+flattening reads it as the ``keras.ops.take_along_axis`` of its other backends.
+``scripts/hub.py`` maps every backbone class (benchmarks/HUB.md).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ CLASSIFIERS = {
                                                    activation=None, preprocessor=None),
     "albert": lambda: models.AlbertTextClassifier(models.AlbertBackbone(embedding_dim=8, **TEXT),
                                                  3, activation=None, preprocessor=None),
+    "deberta_v3": lambda: models.DebertaV3TextClassifier(
+        models.DebertaV3Backbone(bucket_size=4, **TEXT), 3, activation=None, preprocessor=None),
 }
 CAUSAL = {
     "gpt2": lambda: models.GPT2CausalLM(models.GPT2Backbone(**TEXT), preprocessor=None),
@@ -181,10 +183,23 @@ def test_electra_backbone_with_a_head_from_a_keras_file(tmp_path):
            "attn_lrp")
 
 
-def test_deberta_v3_is_refused_with_the_reason():
-    backbone = models.DebertaV3Backbone(bucket_size=4, **TEXT)
-    with pytest.raises(UnsupportedLayerError, match="DisentangledSelfAttention.*calls TensorFlow directly"):
-        tf_lrp.Analyzer(backbone, composites.AttnLRP())
+def test_deberta_v3_conserves_under_cp_lrp_without_biases(tmp_path):
+    """DeBERTaV3's disentangled attention (content-to-position and position-to-content
+    scores gathered by relative position) flattened: with every bias zero and the attention
+    weights held (CP-LRP), relevance is conserved exactly, so no share is lost in the gathered
+    scores; AttnLRP's softmax rule is not conservative (it keeps 59-72 % here)."""
+    task = _from_preset(CLASSIFIERS["deberta_v3"], tmp_path)
+    for v in task.weights:
+        if v.path.endswith(("bias", "beta")):
+            v.assign(np.zeros(v.shape, v.dtype))
+    ids, mask = _tokens()
+    x = {"token_ids": ids, "padding_mask": mask}
+    logits = keras.ops.convert_to_numpy(task(x))[[0, 1], [2, 0]]
+    for composite, low in ((composites.CPLRP(epsilon=0.0), 0.9999), (composites.AttnLRP(), 0.5)):
+        a = tf_lrp.Analyzer(task, composite)
+        total = sum(np.asarray(r).reshape(2, -1).sum(1) for r in a(x, target=[2, 0]))
+        ratio = total / logits
+        assert (ratio > low).all() and (ratio < 1.0001).all(), (composite, ratio)
 
 
 def test_mixture_of_experts_and_fourier_mixing_are_refused_with_the_reason():

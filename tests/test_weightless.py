@@ -353,3 +353,32 @@ def test_keras2_model_object_names_keras2_and_the_fix():
     model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
     with pytest.raises(TypeError, match=r"Keras 2.*\.h5.*tf_lrp\.load_model"):
         tf_lrp.Analyzer(model)
+
+
+@pytest.mark.parametrize("resample", [
+    lambda: kl.UpSampling2D((2, 3)),
+    lambda: kl.UpSampling2D((3, 2), interpolation="bilinear"),
+    lambda: kl.Resizing(7, 5, interpolation="bilinear"),
+    lambda: kl.UpSampling1D(3),
+])
+def test_resampling_is_a_copy_or_a_linear_map(resample):
+    """Nearest upsampling copies each value, so each input gets the sum of its copies'
+    relevance; an interpolation is a linear map U without bias: R_x = x * U^T (R_u / u). U is
+    read off by resampling unit vectors; the head is LRP-0 with a bias, R_u = u * v."""
+    layer = resample()
+    shape = (3, 4) if isinstance(layer, kl.UpSampling1D) else (3, 4, 2)
+    x_in = keras.Input(shape)
+    u = layer(x_in)
+    model = keras.Model(x_in, kl.Dense(2, bias_initializer="ones")(kl.Flatten()(u)))
+    v = np.random.default_rng(4).normal(0.2, 1.0, (int(np.prod(u.shape[1:])), 2))
+    model.layers[-1].kernel.assign(v.astype("float32"))
+    size = int(np.prod(shape))
+    basis = np.eye(size, dtype="float32").reshape(size, *shape)
+    U = keras.ops.convert_to_numpy(layer(basis)).reshape(size, -1).T  # (outputs, inputs)
+    x = np.random.default_rng(5).uniform(0.5, 2.5, (2, size)).astype("float64")
+    a = tf_lrp.Analyzer(model, composites.LayerMap([(kl.Dense, rules.Epsilon(1e-9))]))
+    r = np.asarray(a(x.reshape(2, *shape).astype("float32"), target=[1, 0])).reshape(2, size)
+    for n, t in enumerate([1, 0]):
+        uu = U @ x[n]
+        expected = x[n] * (U.T @ (uu * v[:, t] / uu))
+        np.testing.assert_allclose(r[n], expected, rtol=1e-4, atol=1e-5)

@@ -23,7 +23,7 @@ import tensorflow as tf
 from tf_lrp import composites, concepts, plan, weightless
 from tf_lrp import rules as lrp_rules
 from tf_lrp.base import BaseAnalyzer, _carry_mask, _specializes, _traced
-from tf_lrp.errors import UnsupportedLayerError
+from tf_lrp.errors import InputError, UnsupportedLayerError
 from tf_lrp.graph import Node
 
 __all__ = ["STARTS", "Analyzer", "BaseAnalyzer"]
@@ -56,6 +56,18 @@ class _Repeated(dict):
 
     def __contains__(self, key) -> bool:
         return key in self.base
+
+
+def _seed(y: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
+    """``(B * k, *y.shape[1:])`` start relevances: copy ``b * k + j`` holds ``weights[b, j, l]
+    * y[b, indices[b, j, l]]`` at each flat index (repeated indices add up)."""
+    n, k, m = tf.shape(indices)[0], tf.shape(indices)[1], tf.shape(indices)[2]
+    flat = tf.reshape(y, (n, -1))
+    picked = tf.gather(flat, indices, batch_dims=1) * tf.cast(weights, flat.dtype)
+    rows = tf.repeat(tf.range(n * k), m)
+    where = tf.stack([rows, tf.reshape(indices, [-1])], axis=1)
+    r = tf.scatter_nd(where, tf.reshape(picked, [-1]), tf.stack([n * k, tf.shape(flat)[1]]))
+    return tf.reshape(r, tf.concat([[n * k], tf.shape(y)[1:]], axis=0))
 
 
 def _channel_mask(mask: Tensor, r: Tensor) -> Tensor:
@@ -125,6 +137,7 @@ class Analyzer(BaseAnalyzer):
         self._recompute = self._recompute_plan()
         self._layerwise_fn = None
         self._conditional_fns: dict[tuple, object] = {}
+        self._seeded_fn = None
 
     def _keeps_whole(self, layer, name: str) -> bool:
         return plan.keeps_whole(self.composite)(layer, name)
@@ -235,8 +248,12 @@ class Analyzer(BaseAnalyzer):
                                   keepdims=True)
         return tf.reshape(tf.where(flat >= threshold, flat, tf.zeros_like(flat)), tf.shape(r))
 
-    def _backward(self, xs, targets, keep_all: bool = False, masks: dict | None = None):
+    def _backward(self, xs, targets, keep_all: bool = False, masks: dict | None = None,
+                  seeds: tuple | None = None):
         """Relevance at the inputs (and, with ``keep_all``, at every tensor).
+
+        ``seeds``: ``(indices, weights)`` of :meth:`explain_outputs` (then ``targets`` is unused
+        and inputs have ``B * k`` samples).
 
         ``masks`` (Concept Relevance Propagation) maps node names to ``(B, k, channels)``
         masks: where the backward pass reaches the first of these nodes, the relevance of every
@@ -245,10 +262,16 @@ class Analyzer(BaseAnalyzer):
         forward values below are repeated alike. Inputs then have ``B * k`` samples.
         """
         values, z0s = self._forward(xs)
-        relevance = {self._output_key: self._start(values[self._output_key], targets)}
         seen: dict[int, Tensor] = {}
         memo: dict = {}
         base_memo = memo
+        if seeds is None:
+            relevance = {self._output_key: self._start(values[self._output_key], targets)}
+        else:  # k start relevances per sample: the forward pass is shared (k copies from here)
+            relevance = {self._output_key: _seed(values[self._output_key], *seeds)}
+            values, z0s = _Repeated(values, tf.shape(seeds[0])[1]), \
+                _Repeated(z0s, tf.shape(seeds[0])[1])
+            memo = {}  # values computed for the copies; base_memo keeps the samples' own
         for node in reversed(self.graph.nodes):
             r_out = [relevance.pop(k, None) for k in node.outputs]
             if all(r is None for r in r_out):
@@ -379,6 +402,68 @@ class Analyzer(BaseAnalyzer):
 
     def _conditional(self, xs, targets, masks):
         return self._backward(xs, targets, masks=masks)[0]
+
+    # ---------------------------------------------------------------- many outputs at once
+    @_specializes
+    def explain_outputs(self, x, indices, weights=None) -> np.ndarray | list[np.ndarray]:
+        """``k`` explanations per sample, each of a weighted sum of outputs, sharing the
+        forward pass (one traced call; no retrace for another ``k`` or ``m``).
+
+        Explanation ``j`` of sample ``i`` starts from the relevance ``weights[i, j, l] *
+        y[i, indices[i, j, l]]`` at each flat output index ``indices[i, j, l]`` (the index as
+        for ``target``: a ``(n, L, vocab)`` output is indexed ``position * vocab + token``).
+        Weight 1 at one index is that output's explanation (as ``target``); ``(+1, -1)`` at
+        two, the contrast ``y_a - y_b`` (LRP rules are linear in the start relevance); ones at
+        several, their sum; coefficients ``onehot - q`` over a row, a log-odds start. Weight 0
+        pads combinations of fewer outputs. The analyzer's ``start`` is not used.
+
+        Parameters
+        ----------
+        x
+            As for ``__call__``.
+        indices
+            ``(n, k, m)`` (or ``(k, m)`` / ``(k,)`` for every sample alike) flat output indices.
+        weights
+            Same shape, the coefficients; default 1.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, k, *input_shape)`` (a list of them for several inputs).
+        """
+        xs = self._prepare(x)
+        n = xs[0].shape[0]
+        idx = np.asarray(indices)
+        w = np.ones(idx.shape, np.float32) if weights is None else np.asarray(weights, np.float32)
+        if w.shape != idx.shape or idx.ndim not in (1, 2, 3) or idx.dtype.kind not in "iu":
+            raise InputError(f"indices of shape {idx.shape} ({idx.dtype}) and weights of shape "
+                             f"{w.shape}: expected integer indices (n, k, m), (k, m) or (k,) "
+                             "and weights of the same shape")
+        if idx.ndim == 1:
+            idx, w = idx[:, None], w[:, None]
+        if idx.ndim == 2:
+            idx, w = (np.broadcast_to(a, (n, *a.shape)) for a in (idx, w))
+        hi = self.num_outputs
+        if idx.shape[0] != n or idx.size and (idx.min() < 0 or (hi and idx.max() >= hi)):
+            raise InputError(f"indices for {idx.shape[0]} samples with values {idx.min()} to "
+                             f"{idx.max()}: expected {n} samples and flat output indices in "
+                             f"[0, {hi})")
+        if self._seeded_fn is None:
+            specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
+                                                                    self.graph.input_dtypes)]
+            self._seeded_fn = _traced(self._seeded, [
+                specs, tf.TensorSpec([None, None, None], tf.int32),
+                tf.TensorSpec([None, None, None], tf.float32)])
+        k = idx.shape[1]
+        parts = self._map_batches(lambda lo, chunk: [r.numpy() for r in self._seeded_fn(
+            chunk, tf.constant(idx[lo:lo + chunk[0].shape[0]], tf.int32),
+            tf.constant(w[lo:lo + chunk[0].shape[0]], tf.float32))], xs)
+        result = [np.concatenate([p[i] for p in parts]).reshape(n, k, *xs[i].shape[1:])
+                  for i in range(len(xs))]
+        return result[0] if len(result) == 1 else result
+
+    def _seeded(self, xs, indices, weights):
+        return self._backward(xs, None, seeds=(indices, weights))[0]
 
     @_specializes
     def concept_relevance(self, x, target=None, layer: str = "") -> np.ndarray:

@@ -110,6 +110,7 @@ def is_attention(layer) -> bool:
 
 
 _FUSED = keras_adapter.op_classes("DotProductAttention")
+_EINSUM = keras_adapter.op_classes("Einsum")[0]
 
 
 def expand(graph: Graph) -> Graph:
@@ -304,7 +305,18 @@ def _fused(graph: Graph, node: Node) -> list[Node]:
     attention) as scores, softmax and context, computing what the operation computes."""
     op = node.layer
     keys = _role_keys(node)
-    q_key, k_key, v_key = keys["query"], keys["key"], keys["value"]
+    # attention pooling with a learned probe (SigLIP's head): the query is a constant the
+    # call holds, and the scores are a linear map of the keys (LRP-0, as for MultiHeadAttention
+    # flattened with a constant query)
+    query = None if "query" in keys else (node.options or {}).get("query")
+    if query is None and "query" not in keys or not {"key", "value"} <= set(keys):
+        from tf_lrp.errors import UnsupportedLayerError
+
+        raise UnsupportedLayerError(
+            f"{node.name!r}: dot_product_attention with a constant key or value (inputs "
+            f"{sorted(keys)}) has no rewrite into attention parts. Fix: compute the attention "
+            "with keras.ops.einsum and a Softmax layer, which tf_lrp explains part by part")
+    q_key, k_key, v_key = keys.get("query"), keys["key"], keys["value"]
     bias_key, mask_key = keys.get("bias"), keys.get("mask")
     scale = (node.options or {}).get("scale")
     causal = bool(getattr(op, "is_causal", False))
@@ -317,6 +329,8 @@ def _fused(graph: Graph, node: Node) -> list[Node]:
         return tf.repeat(k, groups, axis=2) if groups > 1 else k
 
     def scores_call(values):
+        if query is not None:
+            values = [tf.convert_to_tensor(query, values[0].dtype)] + values
         q, k = values[0], tf.cast(grouped(values[1], values[0]), values[0].dtype)
         s = tf.einsum("BTNH,BSNH->BNTS", q, k)
         factor = scale if scale is not None else tf.math.rsqrt(tf.cast(tf.shape(k)[-1],
@@ -344,10 +358,16 @@ def _fused(graph: Graph, node: Node) -> list[Node]:
 
     softmax = AttentionSoftmax(f"{name}/softmax", op)
     softmax.axes = lambda x: [len(x.shape) - 1]
+    if query is None:
+        scores_node = Node(f"{name}/scores", AttentionScores(f"{name}/scores", op),
+                           [q_key, k_key] + ([bias_key] if bias_key is not None else []),
+                           [scores], scores_call)
+    else:
+        scores_node = Node(f"{name}/scores", _EINSUM("BTNH,BSNH->BNTS"),
+                           [k_key] + ([bias_key] if bias_key is not None else []), [scores],
+                           scores_call)
     return [
-        Node(f"{name}/scores", AttentionScores(f"{name}/scores", op),
-             [q_key, k_key] + ([bias_key] if bias_key is not None else []), [scores],
-             scores_call),
+        scores_node,
         Node(f"{name}/softmax", softmax, [scores] + ([mask_key] if mask_key is not None else []),
              [probs], softmax_call),
         Node(f"{name}/context", AttentionContext(f"{name}/context", op), [probs, v_key],

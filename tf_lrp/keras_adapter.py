@@ -97,6 +97,8 @@ def _free_batch_ops():
     an operation that replays on any batch size. ``ops.reshape(x, ops.shape(y))`` with one
     unknown size reshapes to ``-1`` there; with several, to the sizes ``x`` has on those axes
     (:class:`ReshapeKeepingSizes`). ``EinsumDense`` declares the sizes its input knows.
+    ``tf.gather`` on a symbolic tensor (KerasHub's TensorFlow branch of DeBERTaV3) becomes
+    the ``keras.ops.take`` / ``take_along_axis`` it equals.
     """
     from keras import ops
 
@@ -151,14 +153,31 @@ def _free_batch_ops():
 
         return apply
 
-    ops.broadcast_to, ops.reshape = broadcast_to, reshape
+    import tensorflow as tf
+
+    original_gather = tf.gather
+
+    def gather(params, indices, validate_indices=None, axis=None, batch_dims=0, name=None):
+        # KerasHub's TensorFlow branches call tf.gather where other backends call
+        # keras.ops.take / take_along_axis; on symbolic tensors those compute the same
+        if isinstance(params, keras.KerasTensor) or isinstance(indices, keras.KerasTensor):
+            axis = batch_dims if axis is None else axis
+            rank = len(ops.shape(params))
+            if batch_dims == 0:
+                return ops.take(params, indices, axis=axis)
+            if axis == batch_dims == rank - 1 == len(ops.shape(indices)) - 1:
+                return ops.take_along_axis(params, indices, axis=axis)
+        return original_gather(params, indices, validate_indices=validate_indices, axis=axis,
+                               batch_dims=batch_dims, name=name)
+
+    ops.broadcast_to, ops.reshape, tf.gather = broadcast_to, reshape, gather
     dense.compute_output_shape = einsum_shape
     for name, (fn, reflected) in _VARIABLE_OPERATORS:
         setattr(Variable, name, operator(name, fn, reflected))
     try:
         yield
     finally:
-        ops.broadcast_to, ops.reshape = original, original_reshape
+        ops.broadcast_to, ops.reshape, tf.gather = original, original_reshape, original_gather
         dense.compute_output_shape = original_spec
         for name, method in saved.items():
             setattr(Variable, name, method)
@@ -385,11 +404,24 @@ def input_roles(node) -> list[str]:
 
 
 def static_kwargs(node) -> dict:
-    """The call keyword arguments of ``node`` that are not tensors (``use_causal_mask=True``)."""
+    """The call arguments of ``node`` that are not symbolic (``use_causal_mask=True``, or a
+    constant ``query`` passed positionally), by name: keyword arguments, and positional ones
+    named by the operation's ``call`` signature."""
+    import inspect
+
     from keras.src.backend import KerasTensor
 
-    return {k: v for k, v in node.arguments.kwargs.items()
-            if not any(isinstance(t, KerasTensor) for t in keras.tree.flatten(v))}
+    def static(v):
+        return not any(isinstance(t, KerasTensor) for t in keras.tree.flatten(v))
+
+    try:
+        params = [p.name for p in inspect.signature(node.operation.call).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    except (TypeError, ValueError, AttributeError):
+        params = []
+    out = {name: v for name, v in zip(params, node.arguments.args) if static(v)}
+    out.update({k: v for k, v in node.arguments.kwargs.items() if static(v)})
+    return out
 
 
 def attention_internals(layer) -> dict:
@@ -476,13 +508,14 @@ def op_classes(*names: str) -> tuple[type, ...]:
 
     ``x + y`` on symbolic tensors records a node whose operation is an instance of a private
     class (``keras.src.ops.numpy.Add``); these are looked up in ``keras.src.ops.numpy``,
-    ``keras.src.ops.nn``, ``keras.src.ops.core`` and ``keras.src.ops.math``. Names a Keras version lacks are skipped.
+    ``keras.src.ops.nn``, ``keras.src.ops.core``, ``keras.src.ops.math`` and
+    ``keras.src.ops.image``. Names a Keras version lacks are skipped.
     """
-    from keras.src.ops import core, math, nn, numpy
+    from keras.src.ops import core, image, math, nn, numpy
 
     found = []
     for name in names:
-        for module in (numpy, nn, core, math):
+        for module in (numpy, nn, core, math, image):
             cls = getattr(module, name, None)
             if isinstance(cls, type):
                 found.append(cls)

@@ -46,6 +46,9 @@ _op = keras_adapter.op_classes
 _BILINEAR = _op("Einsum", "Matmul")
 _SOFTMAX_OPS = _op("Softmax")
 _NORMALIZERS = _op("Rsqrt", "Sqrt", "Reciprocal")
+_POWER = _op("Power")
+#: ``ops.power(v, e)`` with these constant exponents is a normalizing factor (Gemma4's norm)
+_NORMALIZING_EXPONENTS = (-1.0, -0.5, 0.5)
 _PRODUCTS = (kl.Multiply, *_op("Multiply"))
 _QUOTIENTS = _op("Divide", "TrueDivide")
 #: activations whose output lies in [0, 1]: such a factor is a gate (signal-take-all)
@@ -102,6 +105,13 @@ def _activation_name(node: Node) -> str | None:
     return None
 
 
+def _is_root(node: Node) -> bool:
+    """``ops.power(v, e)`` with a constant exponent ``e`` of -1, -1/2 or 1/2."""
+    exponent = (node.options or {}).get("x2")
+    return isinstance(node.layer, _POWER) and isinstance(exponent, (int, float)) and \
+        float(exponent) in _NORMALIZING_EXPONENTS
+
+
 def mark_parts(graph: Graph) -> Graph:
     """Mark the parts described in the module docstring (a canonizer)."""
     producer = graph.producer()
@@ -112,7 +122,7 @@ def mark_parts(graph: Graph) -> Graph:
         if node.kind != "layer" or isinstance(layer, AttentionPart):
             continue
         # normalizing factors, followed through casts, reshapes and scalings by constants
-        if isinstance(layer, _NORMALIZERS) and len(node.inputs) == 1:
+        if len(node.inputs) == 1 and (isinstance(layer, _NORMALIZERS) or _is_root(node)):
             normalizing.update(node.outputs)
             continue
         if len(node.inputs) == 1 and node.inputs[0] in normalizing and node.linear is None and \

@@ -55,14 +55,16 @@ _app = keras_adapter.application_layer_classes
 MASKING = _op("NotEqual", "Equal", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd",
               "LogicalOr", "LogicalNot", "LogicalXor", "Any", "All", "IsNan", "IsFinite",
               # outputs that depend on the input's shape only, or are integer positions
-              "ZerosLike", "OnesLike", "FullLike", "Shape", "Argmax", "Argmin", "Argsort")
+              "ZerosLike", "OnesLike", "FullLike", "Shape", "Argmax", "Argmin", "Argsort", "OneHot")
 
 _ACTIVATION_LAYERS = (kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl.Softmax)
 _ACTIVATION_OPS = _op("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu",
                       "Tanh", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu", "Mish",
                       "Softmax", "Celu", "Glu", "SparsePlus", "Squareplus", "Exp",
                       # the value passes unchanged (the gradient is cut: not relevance's concern)
-                      "StopGradient")
+                      "StopGradient",
+                      # elementwise with constant bounds, like relu6
+                      "Clip")
 #: elementwise affine or scale layers: relevance passes unchanged
 ELEMENTWISE = (kl.Rescaling, kl.Normalization, kl.BatchNormalization, *_app("LayerScale"))
 _DROPOUT = (kl.Dropout, kl.SpatialDropout1D, kl.SpatialDropout2D, kl.SpatialDropout3D,
@@ -95,7 +97,12 @@ _SCALINGS = _op("Multiply", "TrueDivide", "Divide", "Negative")  # with one tens
 #: products with a constant or weight operand (one tensor: a linear map, LRP-0); with two
 #: tensors they are bilinear (:mod:`tf_lrp.structure` marks them as attention parts)
 _LINEAR_OPS = _op("Einsum", "Matmul", "Dot", "Tensordot")
+#: convolutions written as ops with the kernel a weight: linear maps of the one tensor (LRP-0)
+_CONV_OPS = _op("Conv", "DepthwiseConv", "ConvTranspose", "SeparableConv")
 _PRODUCTS = (kl.Multiply, *_op("Multiply"))
+#: resampling: a copy (nearest) routes relevance; an interpolation is a linear map with
+#: non-negative weights and no bias (LRP-0)
+_UPSAMPLING = (kl.UpSampling1D, kl.UpSampling2D, kl.UpSampling3D, kl.Resizing, *_op("Resize"))
 _NORMALIZATIONS = (kl.LayerNormalization, kl.GroupNormalization, kl.UnitNormalization,
                    *([kl.RMSNormalization] if hasattr(kl, "RMSNormalization") else []))
 
@@ -138,10 +145,12 @@ def handling(layer, n_inputs: int = 1) -> str | None:
         How many tensors the node reads: a product with one tensor (``x * 0.5``, ``x / 255``)
         is a scaling (``PROPORTIONAL``); with several, a ``PRODUCT``.
     """
-    if isinstance(layer, _SCALINGS + _LINEAR_OPS) and n_inputs == 1:
+    if isinstance(layer, _SCALINGS + _LINEAR_OPS + _CONV_OPS) and n_inputs == 1:
         return PROPORTIONAL
     if isinstance(layer, _PRODUCTS):
         return PRODUCT
+    if isinstance(layer, _UPSAMPLING):
+        return ROUTE if getattr(layer, "interpolation", "nearest") == "nearest" else PROPORTIONAL
     for classes, kind in _FIXED:
         if isinstance(layer, classes):
             return kind
