@@ -34,8 +34,10 @@ setup(
         # tf_lrp.hub (explain_text) and KerasHub models: from_preset(local dir), tokenizers
         "hub": ["keras-hub>=0.32"],
         # the test suite runs the Ray and KerasHub tests too (local Ray, tiny KerasHub configs)
+        # the generation page is tested in Debian's Chromium, driven by Playwright (no browser
+        # download: the tests launch /usr/bin/chromium)
         "test": ["pytest>=7", "tf-keras>=2.16", "ruff>=0.5", "ray[data]>=2.9", "pandas>=1.5",
-                 "keras-hub>=0.32"],
+                 "keras-hub>=0.32", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["tf-lrp=tf_lrp.cli:main"]},
 )

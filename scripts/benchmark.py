@@ -44,6 +44,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -431,6 +432,85 @@ def run_crp(args: argparse.Namespace) -> str:
             f"{crp_table(result, args.crp_conditions)}\n")
 
 
+def _generation_methods(t: int) -> dict:
+    """The methods :func:`run_generation` times, on ``hub_llama_lm`` with 128 random tokens."""
+    import tf_lrp
+
+    model = build_model("hub_llama_lm")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, VOCABULARY, (1, SEQUENCE_LENGTH)).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    analyzer = tf_lrp.Analyzer(model, "attn_lrp")
+    gradient = tf_lrp.analyzers.Gradient(model)
+    positions = np.arange(SEQUENCE_LENGTH - t - 1, SEQUENCE_LENGTH - 1)
+    targets = positions * VOCABULARY + ids[0, positions + 1]
+    return {
+        f"{t} tokens, one call": lambda: analyzer.explain_outputs(x, targets[:, None]),
+        f"{t} separate explanations": lambda: [analyzer(x, target=[int(i)]) for i in targets],
+        "one explanation": lambda: analyzer(x, target=[int(targets[-1])]),
+        "gradient of one logit": lambda: gradient(x, target=[int(targets[-1])]),
+    }
+
+
+def generation_memory_worker(t: int, calls: int = 2) -> dict:
+    """Peak memory (MB) of one steady-state call of each generation method (in a child with
+    :data:`MEMORY_ENV`, as :func:`memory_worker`)."""
+    methods = _generation_methods(t)
+    peaks = {}
+    for name, fn in methods.items():
+        fn()
+        peaks[name] = max(_peak_of_call(lambda _, fn=fn: fn(), None, False)
+                          for _ in range(calls))
+    return {"peak_mb": peaks}
+
+
+def run_generation(args: argparse.Namespace) -> str:
+    """``--generation``: ``T`` generated tokens of ``hub_llama_lm`` explained in one call
+    (:meth:`tf_lrp.Analyzer.explain_outputs`, the targets as ``T`` copies sharing the forward
+    pass) against ``T`` separate explanations, as a markdown section. The sequence: 128 tokens
+    (random ids), the last ``T`` of them the explained generated tokens; composite AttnLRP.
+    Interleaved rounds (rotated order); a plain gradient of one logit in the same rounds. Peak
+    memory of one call in a child process (:func:`generation_memory_worker`)."""
+    t = args.generation_tokens
+    methods = _generation_methods(t)
+    names = list(methods)
+    for name, fn in methods.items():
+        t0 = time.perf_counter()
+        fn()
+        log(f"    {name}: first call {time.perf_counter() - t0:.2f} s")
+    batched = np.asarray(methods[names[0]]()[1])[0]
+    separate = np.stack([np.asarray(r[1])[0] for r in methods[names[1]]()])
+    diff = float(np.abs(batched - separate).max() / np.abs(separate).max())
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - t0)
+    peak: dict = {}
+    if not args.no_memory:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--generation", "--memory-worker",
+               "--generation-tokens", str(t)]
+        done = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, **MEMORY_ENV}, timeout=3600)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        peak = json.loads(lines[-1])["peak_mb"] if lines else {}
+    med = {n: statistics.median(v) for n, v in times.items()}
+    ratio = statistics.median(a / b for a, b in zip(times[names[0]], times[names[1]]))
+    rows = "\n".join(f"| {n} | {med[n]:.3f} | {med[n] / med[names[1]]:.2f} | "
+                      f"{_fmt(peak.get(n), 0)} |" for n in names)
+    return (f"## Generation: {t} generated tokens explained in one call, {machine()}\n\n"
+            f"`python scripts/benchmark.py {' '.join(args.argv)}`: hub_llama_lm (LlamaCausalLM, "
+            f"4 layers, hidden 256, vocabulary {VOCABULARY}, random weights), {SEQUENCE_LENGTH} "
+            f"tokens, AttnLRP; the last {t} tokens' logits explained; {args.repeats} interleaved "
+            f"rounds; peak memory of one call above the memory held before it (child process, "
+            f"as for the tables above).\n\n| method | median s | / {t} separate | peak MB |\n"
+            f"|---|---|---|---|\n{rows}\n\nOne call / {t} separate, median over rounds: "
+            f"**{ratio:.2f}**; largest difference of the rows from the separate explanations: "
+            f"{diff:.1e} of max|R|.\n")
+
+
 # ------------------------------------------------------------------------------- memory
 def _rss_mb() -> tuple[float, float]:
     """(current RSS, peak RSS since the last reset) of this process in MB."""
@@ -589,6 +669,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crp-batch", type=int, default=4, help="batch size")
     p.add_argument("--crp-size", type=int, default=224, help="input height and width")
     p.add_argument("--crp-composite", default="EpsilonPlus", help="composite")
+    p.add_argument("--generation", action="store_true",
+                   help="run only the generation benchmark: T generated tokens of hub_llama_lm "
+                        "explained in one call vs T explanations")
+    p.add_argument("--generation-tokens", type=int, default=16, help="generated tokens (T)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
@@ -624,12 +708,15 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory_worker and args.generation:
+        print(json.dumps(generation_memory_worker(args.generation_tokens)))
+        return 0
     if args.memory_worker:
         out = memory_worker(args.model_list[0], args.batch_list[0], args.composite_list)
         print(json.dumps(out))
         return 0
-    if args.crp:
-        text = run_crp(args)
+    if args.crp or args.generation:
+        text = run_crp(args) if args.crp else run_generation(args)
         print(text)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
