@@ -248,3 +248,37 @@ def test_attention_rollout_against_the_layers_own_attention_weights():
         h = h + np.asarray(out)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_text_prompt_through_a_keras_hub_preprocessor_and_the_command(tmp_path):
+    """A GPT-2 CausalLM preset with its BPE tokenizer: the prompt runs through the model's
+    own preprocessor (start token added), tokens come back as text, the CLI takes the preset."""
+    import keras
+
+    from tf_lrp.cli.parser import main
+
+    keras.utils.set_random_seed(51)
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "a", "b", "\u0120", "d", "\u0120a",
+                                         "\u0120b", "\u0120c", "\u0120d", "ab", "\u0120ab"])}
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab,
+                                               merges=["a b", "\u0120 a", "\u0120 b", "\u0120a b"])
+    pre = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=12)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=11, num_layers=1, num_heads=2,
+                                             hidden_dim=8, intermediate_dim=12,
+                                             max_sequence_length=16)
+    keras_hub.models.GPT2CausalLM(backbone, pre).save_to_preset(str(tmp_path / "gpt2"))
+    g = lm.explain_generation(tmp_path / "gpt2", "ab a b", max_new_tokens=3, pad_to=16,
+                              target=("contrast", 4))
+    assert g.tokens[:4] == ["<|endoftext|>", "ab", " a", " b"] and g.prompt_length == 4
+    assert g.relevance.shape == (len(g.generated), len(g.token_ids))
+    task = tf_lrp.load_model(tmp_path / "gpt2")
+    n = len(g.token_ids) - 1
+    y = np.asarray(task({"token_ids": g.token_ids[None, :n],
+                         "padding_mask": np.ones((1, n), "int32")}))[0]  # no preprocessing
+    rows = np.arange(3, 3 + len(g.generated))
+    np.testing.assert_allclose(g.scores, y[rows, g.generated] - y[rows, 4], rtol=1e-4, atol=1e-5)
+    assert main(["generate", str(tmp_path / "gpt2"), "--prompt", "ab a", "--max-new-tokens", "2",
+                 "--out", str(tmp_path / "out"), "-q"]) == 0
+    assert json.loads((tmp_path / "out" / "generation.json").read_text())["prompt_length"] == 3
+    with pytest.raises(tf_lrp.errors.InputError, match="exceed the model's longest sequence, 16"):
+        lm.explain_generation(tmp_path / "gpt2", "ab a b", max_new_tokens=13)

@@ -21,8 +21,9 @@ Targets (``target=``):
 LRP's rules are linear in the relevance they start from, so a span's row equals the sum of
 its tokens' rows, and a contrast's row the difference of two explanations.
 
-Sequences are padded on the right to a multiple of ``pad_to`` tokens (padding mask 0), so a
-new prompt length reuses the traced computation of its bucket. Models: a KerasHub
+Sequences are padded on the right to a multiple of ``pad_to`` tokens (padding mask 0; at most
+the backbone's ``max_sequence_length`` where it has one), so a new prompt length reuses the
+traced computation of its bucket. Models: a KerasHub
 ``CausalLM`` (its preprocessor's tokenizer is used for text), a preset directory or ``.keras``
 file of one, or any Keras model mapping token ids (and optionally a padding mask) of shape
 ``(n, L)`` to next-token logits ``(n, L, vocab)``, with a ``tokenizer`` (a KerasHub tokenizer, a
@@ -212,9 +213,9 @@ def _analyzer(model, composite):
 class _Runner:
     """The model's inputs for a token sequence, padded to a bucket length."""
 
-    def __init__(self, analyzer, names, token_input, pad_to: int):
-        self.analyzer, self.names, self.token_input, self.pad_to = \
-            analyzer, names, token_input, pad_to
+    def __init__(self, analyzer, names, token_input, pad_to: int, limit: int | None):
+        self.analyzer, self.names, self.token_input, self.pad_to, self.limit = \
+            analyzer, names, token_input, pad_to, limit
 
     def inputs(self, ids: np.ndarray, length: int) -> dict | np.ndarray:
         tokens = np.zeros((1, length), np.int32)
@@ -226,7 +227,13 @@ class _Runner:
         return {self.token_input: tokens, "padding_mask": mask}
 
     def bucket(self, n: int) -> int:
-        return int(math.ceil(n / self.pad_to) * self.pad_to)
+        """``n`` rounded up to a multiple of ``pad_to``, at most the model's longest sequence
+        (a learned position table)."""
+        if self.limit is not None and n > self.limit:
+            raise InputError(f"{n} tokens (prompt and new tokens) exceed the model's longest "
+                             f"sequence, {self.limit}: shorten the prompt or max_new_tokens")
+        length = int(math.ceil(n / self.pad_to) * self.pad_to)
+        return min(length, self.limit) if self.limit is not None else length
 
     def logits(self, ids: np.ndarray, length: int) -> np.ndarray:
         """``(length, vocab)`` logits of the padded sequence."""
@@ -292,7 +299,9 @@ def explain_generation(model, prompt, max_new_tokens: int = 16, *, continuation=
     if max_new_tokens < 1 and continuation is None:
         raise InputError("max_new_tokens must be at least 1")
     analyzer = _analyzer(model, composite)
-    runner = _Runner(analyzer, names, token_input, pad_to)
+    limit = getattr(getattr(model, "backbone", model), "max_sequence_length", None)
+    runner = _Runner(analyzer, names, token_input, pad_to,
+                     int(limit) if isinstance(limit, (int, np.integer)) else None)
     if continuation is not None:
         extra = _encode(continuation, None, None) if not isinstance(continuation, str) else \
             _encode(continuation, tokenizer, None)

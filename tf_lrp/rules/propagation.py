@@ -74,6 +74,10 @@ class Context:
         of Concept Relevance Propagation) while the forward values above are of the samples
         themselves: the modified forwards then run once per sample, only the transposed
         operations on every copy (:meth:`rep`). ``None``: the same batch.
+    parameters
+        A dict to collect the relevance of this node's parameters in (``"kernel"``: one
+        tensor per kernel the rule reads, ``"bias"``), or ``None`` (see
+        :meth:`tf_lrp.Analyzer.parameter_relevance`).
     """
 
     node: object
@@ -89,6 +93,7 @@ class Context:
     input_bounds: Callable | None = None
     saved: object = None
     repeat: object = None
+    parameters: dict | None = None
 
     def rep(self, t: Tensor) -> Tensor:
         """``t`` (a forward value) repeated to the relevance's batch (see :attr:`repeat`)."""
@@ -141,7 +146,29 @@ def _same(w: Tensor) -> Tensor:
     return w
 
 
-Part = tuple[Tensor, Callable[[Tensor], list]]  # (z_t, s -> relevance per input, None if none)
+#: (z_t, s -> relevance per input (None if none), s -> relevance per kernel entry (or None))
+Part = tuple[Tensor, Callable[[Tensor], list], Callable[[Tensor], list] | None]
+
+
+def _weight_relevance(apply, kernels: list[Tensor], u: Tensor, s: Tensor) -> list[Tensor]:
+    """``rho(W) * d(sum s * apply(u, rho(W))) / d rho(W)``: every kernel entry's shares
+    ``u_j w_jk s_k`` summed over positions and samples."""
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(kernels)
+        z = apply(u, kernels)
+    grads = tape.gradient(z, kernels, output_gradients=s,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [k * g for k, g in zip(kernels, grads)]
+
+
+def _plain_weights(ctx: Context, u: Tensor) -> Callable[[Tensor], list]:
+    """:func:`_weight_relevance` of the layer's own weights (its effective kernel if it has
+    one: a multi-kernel layer's parameters are those of the map it computes)."""
+    linear = ctx.node.linear
+    if linear.effective is not None:
+        return lambda s: _weight_relevance(linear.effective_apply,
+                                           list(linear.effective(ctx.kernels)), u, s)
+    return lambda s: _weight_relevance(linear.apply, list(ctx.kernels), u, s)
 
 
 def _times_input(us: list, vjp: Callable[[Tensor], list],
@@ -168,12 +195,13 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
                 "weight modifiers (rules.Zero, rules.Epsilon, rules.Pass) to this layer class."
             )
         if plain:
-            return ctx.outputs[0], _times_input(us, lambda s: ctx.gradient([s]), ctx.rep)
+            return ctx.outputs[0], _times_input(us, lambda s: ctx.gradient([s]), ctx.rep), None
         filled = [tf.zeros_like(x) if u is None else u for u, x in zip(us, ctx.inputs)]
         return ctx.node.call(filled)[0], _times_input(
-            us, lambda s: _vjp(ctx.node.call, [ctx.rep(f) for f in filled], [s]), ctx.rep)
+            us, lambda s: _vjp(ctx.node.call, [ctx.rep(f) for f in filled], [s]), ctx.rep), None
     if plain:
-        return ctx.z0, _times_input(us, lambda s: ctx.gradient([s]), ctx.rep)
+        return ctx.z0, _times_input(us, lambda s: ctx.gradient([s]), ctx.rep), \
+            _plain_weights(ctx, ctx.inputs[0])
     kernels, apply = linear.modified(ctx.kernels, term.weight)
     u = us[0]
     complement = getattr(term.weight, "complement", None)
@@ -182,7 +210,8 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
     else:
         z = apply(u, kernels)
         cache[(id(u), term.weight)] = z
-    return z, _times_input(us, lambda s: [_linear_vjp(apply, kernels, ctx.rep(u), s)], ctx.rep)
+    return z, _times_input(us, lambda s: [_linear_vjp(apply, kernels, ctx.rep(u), s)], ctx.rep), \
+        lambda s: _weight_relevance(apply, list(kernels), u, s)
 
 
 def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
@@ -204,7 +233,11 @@ def _fused_forward(ctx: Context, live: list[tuple[Term, list]]) -> Part:
         c = _linear_vjp(apply, [kernel], u_all, s)
         return [tf.add_n(tf.split(u_all * c, len(live), axis=axis))]
 
-    return apply(u, [kernel]), contribute
+    def weights(s: Tensor) -> list:
+        r = _weight_relevance(apply, [kernel], u, s)[0]
+        return [tf.add_n(tf.split(r, len(live), axis=linear.input_axis))]
+
+    return apply(u, [kernel]), contribute, weights
 
 
 def _group_forward(ctx: Context, group: Group, cache: dict) -> list[Part]:
@@ -245,20 +278,50 @@ def propagate(ctx: Context, groups: Sequence[Group]) -> list[Tensor]:
         if len(parts) == 1 and parts[0][0] is ctx.z0 and group.bias is unchanged:
             z = ctx.outputs[0]  # the forward's own z (with bias): nothing to recompute
         else:
-            z = tf.add_n([z_t for z_t, _ in parts]) if len(parts) > 1 else parts[0][0]
+            z = tf.add_n([z_t for z_t, _, _ in parts]) if len(parts) > 1 else parts[0][0]
             if group.bias is not None and ctx.bias is not None:
                 z = ctx.node.linear.add_bias(z, group.bias(ctx.bias))
         s = tf.math.divide_no_nan(relevance, stabilize(ctx.rep(z), group.stabilizer))
         staged.append((group.coefficient, parts, s))
+        if ctx.parameters is not None:
+            _collect_parameters(ctx, group, parts, s)
     total: list[Tensor | None] = [None] * len(ctx.inputs)
     for coefficient, parts, s in staged:
         # every denominator first, then one group's products after the other
         waits = [s for _, _, s in staged] + [r for r in total if r is not None]
         with tf.control_dependencies(waits if len(staged) > 1 else []):
-            for _, contribute in parts:
+            for _, contribute, _ in parts:
                 for i, r in enumerate(contribute(s)):
                     if r is None:
                         continue
                     r = r if coefficient == 1.0 else coefficient * r
                     total[i] = r if total[i] is None else total[i] + r
     return [tf.zeros_like(ctx.rep(x)) if r is None else r for r, x in zip(total, ctx.inputs)]
+
+
+def _collect_parameters(ctx: Context, group: Group, parts: list[Part], s: Tensor) -> None:
+    """Add one group's parameter relevance to ``ctx.parameters``: every kernel entry's shares
+    (:func:`_weight_relevance`) and the bias's ``b'_k * sum s_k``, times the coefficient."""
+    if ctx.repeat is not None:
+        raise UnsupportedLayerError("parameter relevance is not computed for k copies")
+    c = group.coefficient
+    axis = ctx.node.linear.channel_axis % len(s.shape)
+    others = [i for i in range(len(s.shape)) if i != axis]
+    for z_t, _, weights in parts:
+        if weights is None:
+            continue
+        r = [c * t for t in weights(s)]
+        old = ctx.parameters.get("kernel")
+        ctx.parameters["kernel"] = r if old is None else [a + b for a, b in zip(old, r)]
+        # per output unit: its kernel entries' shares summed, z_t * s over positions
+        units = c * tf.reduce_sum(z_t * s, axis=others)
+        ctx.parameters["units"] = units if "units" not in ctx.parameters else \
+            ctx.parameters["units"] + units
+    if group.bias is not None and ctx.bias is not None:
+        b = group.bias(ctx.bias)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(b)
+            zb = ctx.node.linear.add_bias(tf.zeros_like(s), b)
+        r = c * b * tape.gradient(zb, b, output_gradients=s)
+        ctx.parameters["bias"] = r if "bias" not in ctx.parameters else ctx.parameters["bias"] + r
+
