@@ -565,3 +565,41 @@ def model_from_legacy_h5(h5, config: dict, custom_objects: dict | None, safe_mod
         model = saving_utils.model_from_config(config, custom_objects=custom_objects)
         legacy_h5_format.load_weights_from_hdf5_group(h5.get("model_weights", h5), model)
     return model
+
+
+def replay_with(model, after: str, insert: Callable) -> keras.Model:
+    """A functional model that calls ``model``'s own layers (shared weights) in the same graph,
+    with ``insert(tensor)`` applied to the output of the layer named ``after``.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` has no functional graph or no layer ``after`` is called in it.
+    """
+    fn = functional_of(model)
+    if fn is None:
+        raise ValueError(f"model {model.name!r} has no functional graph to insert a layer in")
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name.split(":")[0])
+              for t in fn.inputs]
+    mapping = {id(a): b for a, b in zip(fn.inputs, inputs)}
+    found = False
+    for node, ins, outs in nodes_in_order(fn):
+        args, kwargs = node.arguments.fill_in({id(kt): mapping[id(kt)] for kt in ins})
+        result = keras.tree.flatten(node.operation(*args, **kwargs))
+        if getattr(node.operation, "name", None) == after:
+            result, found = [insert(r) for r in result], True
+        mapping.update({id(o): r for o, r in zip(outs, result)})
+    if not found:
+        raise ValueError(f"no layer {after!r} in model {model.name!r}")
+    outputs = [mapping[id(o)] for o in fn.outputs]
+    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
+
+
+def layer_output(model, name: str):
+    """The output tensor of layer ``name`` in ``model``'s own graph (a layer shared with
+    another model, as after :func:`replay_with`, has one output per model it is called in)."""
+    fn = functional_of(model)
+    for node, _, outs in nodes_in_order(fn) if fn is not None else ():
+        if getattr(node.operation, "name", None) == name:
+            return outs[0]
+    raise ValueError(f"no layer {name!r} in model {model.name!r}")

@@ -307,11 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     from tf_lrp.cli import concepts as concepts_command
     from tf_lrp.cli import generate as generate_command
     from tf_lrp.cli import prune as prune_command
+    from tf_lrp.cli import spray as spray_command
     from tf_lrp.cli import tune as tune_command
 
     concepts_command.add_parser(sub)
     generate_command.add_parser(sub)
     prune_command.add_parser(sub)
+    spray_command.add_parser(sub)
     tune_command.add_parser(sub)
     evaluate = sub.add_parser(
         "evaluate", formatter_class=fmt,
