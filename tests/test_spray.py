@@ -230,3 +230,19 @@ def test_project_out_at_two_layers_in_turn():
         a.astype("float32")))
     np.testing.assert_allclose(corrected(x), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_large_runs_use_lobpcg_and_the_spectral_map(monkeypatch):
+    """Above TSNE_LIMIT samples the clustering and the map avoid ARPACK's shift-invert (a
+    factorisation of the Laplacian; scripts/spray_scale.py: 100,000 samples in 28 s, 365 MB)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    monkeypatch.setattr(spray, "TSNE_LIMIT", 50)
+    rng = np.random.default_rng(12)
+    f = rng.normal(0, 0.02, (300, 16))
+    truth = np.arange(300) < 110
+    f[truth, 0] += 0.5
+    f[~truth, 5] += 0.5
+    result = spray.spray(f, n_neighbors=10, n_clusters=2)
+    assert result.embedding_method == "spectral" and result.embedding.shape == (300, 2)
+    assert adjusted_rand_score(truth, result.labels) == 1.0
