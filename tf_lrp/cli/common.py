@@ -135,3 +135,21 @@ def int_at_least(minimum: int, what: str):
 
 #: argparse type: an integer >= 1.
 positive_int = int_at_least(1, "a positive integer")
+
+
+def guarded(body):
+    """A command's handler: ``body(args)`` with usage errors and tf_lrp's errors printed as
+    ``tf-lrp: error: ...`` and exit code 2."""
+
+    def handler(args) -> int:
+        from tf_lrp.errors import LRPError
+
+        try:
+            return body(args)
+        except (UsageError, LRPError) as err:
+            error(str(err))
+            return EXIT_ERROR
+
+    handler.__doc__ = body.__doc__
+    return handler
+

@@ -25,20 +25,19 @@ can wire it in.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tf_lrp.cli.common import (
     AUTO_SCALE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_COMPOSITE,
-    EXIT_ERROR,
     EXIT_OK,
     EXIT_SKIPPED,
     SCALES,
     UsageError,
     engine,
     error,
+    guarded,
     int_at_least,
     note,
     positive_int,
@@ -117,41 +116,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _decoded(inputs: Sequence[str], spec, scale, batch_size: int, problems: list
-             ) -> Iterator[tuple[list[str], object]]:
-    """``(names, batch)`` of the inputs that decode; the others go to ``problems``."""
-    import numpy as np
-
-    from tf_lrp.cli.common import InputProblem
-    from tf_lrp.cli.inputs import Decoder, iter_entries
-
-    decoder = Decoder(spec, scale)
-    names: list[str] = []
-    rows: list = []
-    for entry in iter_entries(inputs, spec):
-        try:
-            if entry.problem is not None:
-                raise InputProblem(entry.problem)
-            rows.append(decoder(entry.path, entry.index))
-            names.append(entry.name)
-        except InputProblem as problem:
-            problems.append((entry.label, str(problem)))
-        if len(rows) == batch_size:
-            yield names, np.stack(rows)
-            names, rows = [], []
-    if rows:
-        yield names, np.stack(rows)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``tf-lrp concepts``; return the exit code (errors are printed, exit 2)."""
-    from tf_lrp.errors import LRPError
-
-    try:
-        return _run(args)
-    except (UsageError, LRPError) as err:
-        error(str(err))
-        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -165,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
             setattr(args, name, value)
     tf_lrp = engine()
     from tf_lrp import concepts
-    from tf_lrp.cli.inputs import InputSpec
+    from tf_lrp.cli.inputs import InputSpec, decoded_batches
     from tf_lrp.cli.modelsetup import build_analyzer, setup_model
     from tf_lrp.cli.outputs import atomic_write, csv_text
     from tf_lrp.errors import InputError
@@ -183,8 +149,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.reference:
         try:
             atlas = concepts.build_atlas(
-                analyzer, (x for _, x in _decoded(args.reference, spec, scale, args.batch_size,
-                                                   problems)),
+                analyzer, (x for _, x in decoded_batches(args.reference, spec, scale,
+                                                         args.batch_size, problems)),
                 [layer], args.atlas, top_n=args.reference_top)
         except InputError as err:
             if "resume=False" not in str(err):
@@ -200,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, drawn = [], 0
-    for names, x in _decoded(args.inputs, spec, scale, args.batch_size, problems):
+    for names, x in decoded_batches(args.inputs, spec, scale, args.batch_size, problems):
         _, ex = concepts.concept_figures(
             analyzer, x, layer, out, target=args.target, top=args.top, atlas=atlas,
             refs=args.refs, names=names, input_range=scale)
@@ -216,3 +182,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tf-lrp: {drawn} inputs drawn, {len(problems) - references} skipped; figures "
               f"and {CSV_NAME} in {out}")
     return EXIT_SKIPPED if problems else EXIT_OK
+
+
+#: Run ``tf-lrp concepts``; return the exit code (errors are printed, exit 2).
+run = guarded(_run)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from tf_lrp.cli.common import EXIT_ERROR, EXIT_OK, UsageError, error, note, positive_int
+from tf_lrp.cli.common import EXIT_OK, UsageError, guarded, note, positive_int
 
 _EPILOG = """\
 examples:
@@ -72,15 +72,6 @@ def _span(text: str | None) -> tuple[int, int] | None:
     return first, stop
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``tf-lrp generate``; return the exit code (errors are printed, exit 2)."""
-    from tf_lrp.errors import LRPError
-
-    try:
-        return _run(args)
-    except (UsageError, LRPError) as err:
-        error(str(err))
-        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -103,3 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     note(f"generated {' '.join(words[g.prompt_length:])!r} after {g.prompt_length} prompt "
          f"tokens; wrote {len(paths)} files to {args.out}", args.quiet)
     return EXIT_OK
+
+
+#: Run ``tf-lrp generate``; return the exit code (errors are printed, exit 2).
+run = guarded(_run)

@@ -395,3 +395,27 @@ def decoded_chunks(entries: Iterable[Entry], spec: InputSpec, scale: tuple[float
             by_seq.pop(entry.seq, None)
         yield [(entry, None if p else x[i], p.decode() if p else None)
                for i, (entry, p) in enumerate(zip(chunk, problems.tolist()))]
+
+def decoded_batches(inputs: Sequence[str], spec, scale, batch_size: int, problems: list
+                    ) -> Iterator[tuple[list[str], object]]:
+    """``(names, batch)`` of the inputs that decode; the others go to ``problems``."""
+    import numpy as np
+
+    from tf_lrp.cli.common import InputProblem
+
+    decoder = Decoder(spec, scale)
+    names: list[str] = []
+    rows: list = []
+    for entry in iter_entries(inputs, spec):
+        try:
+            if entry.problem is not None:
+                raise InputProblem(entry.problem)
+            rows.append(decoder(entry.path, entry.index))
+            names.append(entry.name)
+        except InputProblem as problem:
+            problems.append((entry.label, str(problem)))
+        if len(rows) == batch_size:
+            yield names, np.stack(rows)
+            names, rows = [], []
+    if rows:
+        yield names, np.stack(rows)

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 import argparse
 
-from tf_lrp.cli.common import AUTO_SCALE, EXIT_ERROR, EXIT_OK, SCALES, UsageError, error, note
+from tf_lrp.cli.common import (
+    AUTO_SCALE,
+    EXIT_OK,
+    SCALES,
+    UsageError,
+    guarded,
+    note,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,15 +53,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``tf-lrp prune``; return the exit code (errors are printed, exit 2)."""
-    from tf_lrp.errors import LRPError
-
-    try:
-        return _run(args)
-    except (UsageError, LRPError) as err:
-        error(str(err))
-        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -64,8 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from tf_lrp import prune
-    from tf_lrp.cli.concepts import _decoded
-    from tf_lrp.cli.inputs import InputSpec
+    from tf_lrp.cli.inputs import InputSpec, decoded_batches
     from tf_lrp.io import load_model
 
     if not 0.0 <= args.ratio < 1.0:
@@ -82,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         scale = "0_255" if first and isinstance(
             first[0], (keras.layers.Rescaling, keras.layers.Normalization)) else "minus1_1"
     problems: list = []
-    batches = [x for _, x in _decoded(args.data, spec, SCALES[scale], 256, problems)]
+    batches = [x for _, x in decoded_batches(args.data, spec, SCALES[scale], 256, problems)]
     if problems:
         raise UsageError(f"{len(problems)} reference input(s) could not be read: {problems[:3]}")
     if not batches:
@@ -98,3 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     note(f"{args.criterion}: {model.count_params():,} -> {small.count_params():,} parameters "
          f"({len(x)} reference inputs); wrote {out}", args.quiet)
     return EXIT_OK
+
+
+#: Run ``tf-lrp prune``; return the exit code (errors are printed, exit 2).
+run = guarded(_run)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from tf_lrp.cli.common import EXIT_ERROR, EXIT_OK, UsageError, error, note, positive_int
+from tf_lrp.cli.common import EXIT_OK, UsageError, guarded, note, positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,15 +44,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``tf-lrp spray``; return the exit code (errors are printed, exit 2)."""
-    from tf_lrp.errors import LRPError
-
-    try:
-        return _run(args)
-    except (UsageError, LRPError) as err:
-        error(str(err))
-        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -77,3 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     note(f"{len(names)} samples of class {args.class_index}: {result.n_clusters} clusters "
          f"(eigengap suggests {result.suggested}); wrote {args.out}/index.html", args.quiet)
     return EXIT_OK
+
+
+#: Run ``tf-lrp spray``; return the exit code (errors are printed, exit 2).
+run = guarded(_run)
