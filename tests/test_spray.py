@@ -246,3 +246,37 @@ def test_large_runs_use_lobpcg_and_the_spectral_map(monkeypatch):
     result = spray.spray(f, n_neighbors=10, n_clusters=2)
     assert result.embedding_method == "spectral" and result.embedding.shape == (300, 2)
     assert adjusted_rand_score(truth, result.labels) == 1.0
+
+
+def test_concept_report_shows_top_concepts_with_reference_crops(tmp_path):
+    """SpRAy over CRP concept vectors: clusters by the channel that carries the relevance,
+    and the report shows each cluster's top concepts with crops from a concept atlas."""
+    from tf_lrp import concepts
+    from tf_lrp.visualize.spray import report
+
+    keras.utils.set_random_seed(13)
+    x_in = keras.Input((8, 8, 2))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(x_in)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(x_in, out)
+    kernel = np.zeros((3, 3, 2, 4), "float32")
+    kernel[1, 1, 0, 0] = kernel[1, 1, 1, 2] = 1.0  # channel 0 reads input 0, channel 2 input 1
+    model.get_layer("conv").set_weights([kernel, np.zeros(4, "float32")])
+    model.layers[-1].set_weights([np.ones((4, 2), "float32"), np.zeros(2, "float32")])
+    rng = np.random.default_rng(14)
+    x = np.zeros((20, 8, 8, 2), "float32")
+    x[:12, :, :, 0] = rng.uniform(0.5, 1.0, (12, 8, 8))
+    x[12:, :, :, 1] = rng.uniform(0.5, 1.0, (8, 8, 8))
+    analyzer = tf_lrp.Analyzer(model, "epsilon")
+    f = spray.concept_features(analyzer, x, "conv", target=0)
+    np.testing.assert_allclose(np.abs(f).sum(1), 1.0, rtol=1e-5)
+    result = spray.spray(f, n_neighbors=5, n_clusters=2, embedding="spectral")
+    assert set(result.labels[:12]) == {0} and set(result.labels[12:]) == {1}
+    atlas = concepts.build_atlas(analyzer, x, ["conv"], tmp_path / "atlas", top_n=3, target=0)
+    paths = report(result, [f"s{i}" for i in range(20)], tmp_path / "report", concepts=True,
+                   atlas=atlas, layer="conv")
+    page = paths["index.html"].read_text()
+    assert page.count('class="concept"') == 8 and "Concept 0:" in page  # 4 channels each
+    first, second = (page.index(f'<section class="cluster" data-cluster="{k}"') for k in (0, 1))
+    assert page.index("Concept", first) == page.index("Concept 0:", first)  # cluster 0: ch. 0
+    assert page.index("Concept", second) == page.index("Concept 2:", second)  # cluster 1: ch. 2

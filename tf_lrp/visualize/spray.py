@@ -128,8 +128,16 @@ document.body.dataset.ready = "1";
 """
 
 
+def _crop_png(crop: np.ndarray) -> str:
+    c = np.asarray(crop, np.float64)
+    c = (c - c.min()) / max(c.max() - c.min(), 1e-12) * 255.0
+    c = np.repeat(c, 3, axis=-1) if c.ndim == 3 and c.shape[-1] == 1 else c
+    return _png(np.kron(c.astype(np.uint8), np.ones((2, 2, 1), np.uint8)))
+
+
 def report(result, names: list[str], out, maps=None, title: str = "SpRAy",
-           concepts: bool = False, truth: np.ndarray | None = None) -> dict[str, Path]:
+           concepts: bool = False, truth: np.ndarray | None = None, atlas=None,
+           layer: str | None = None) -> dict[str, Path]:
     """Write the report of a :class:`tf_lrp.spray.Spray` (module docstring).
 
     Parameters
@@ -147,6 +155,9 @@ def report(result, names: list[str], out, maps=None, title: str = "SpRAy",
         The features are concept-relevance vectors: list each cluster's top concepts.
     truth
         Optional ground-truth flag per sample (e.g. tagged): its share per cluster is shown.
+    atlas, layer
+        With concept features: a :class:`tf_lrp.concepts.Atlas` of ``layer``; each top
+        concept is shown with its first 4 reference crops.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,8 +189,14 @@ def report(result, names: list[str], out, maps=None, title: str = "SpRAy",
         if concepts:
             share = result.features[members].mean(0)
             best = np.argsort(-share)[:5]
-            top = "<p>Top concepts (channel: mean scaled relevance): " + ", ".join(
+            top = "<p>Top concepts (channel: mean relevance share): " + ", ".join(
                 f"{int(c)}: {share[c]:.2f}" for c in best) + "</p>"
+            if atlas is not None and layer is not None:
+                top += "".join(
+                    f'<div class="concept" data-channel="{int(c)}">Concept {int(c)}: ' + "".join(
+                        f'<img src="{_crop_png(ref.crop)}" alt="reference of channel {int(c)}">'
+                        for ref in atlas.references(layer, int(c))[:4]) + "</div>"
+                    for c in best)
         sections.append(
             f'<section class="cluster" data-cluster="{k}"><h2><span class="swatch" '
             f'style="background:{_COLOURS[k % len(_COLOURS)]}"></span> Cluster {k}: '
