@@ -738,3 +738,23 @@ def lrp0_nested_edge_by_hand(model, x, target):
     r_x = deep_back(x, *first, first[2] * r_m / m)
     r_p = deep_back(p, *second, second[2] * r_m / m)
     return r_x + back(x, wp, p, r_p)
+
+
+def test_explain_and_predict_is_relevance_and_outputs_of_one_call():
+    """The public call the batch runs use: the same relevance as __call__ and the same outputs
+    as predict (LRP: from one forward pass; baselines: two), batched like __call__."""
+    import keras
+
+    import tf_lrp
+
+    keras.utils.set_random_seed(61)
+    x_in = keras.Input((5,))
+    model = keras.Model(x_in, keras.layers.Dense(3)(keras.layers.Dense(4, activation="relu")(
+        x_in)))
+    x = np.random.default_rng(62).normal(size=(7, 5)).astype("float32")
+    for analyzer in (tf_lrp.Analyzer(model, "epsilon", batch_size=3),
+                     tf_lrp.analyzers.GradientXInput(model, batch_size=3)):
+        relevance, outputs = analyzer.explain_and_predict(x, target=[0, 1, 2, 0, 1, 2, 0])
+        np.testing.assert_array_equal(relevance, analyzer(x, target=[0, 1, 2, 0, 1, 2, 0]))
+        np.testing.assert_allclose(outputs, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+        assert relevance.shape == x.shape and outputs.shape == (7, 3)

@@ -251,13 +251,14 @@ class Analyzer(Readouts, BaseAnalyzer):
         return tf.reshape(tf.where(flat >= threshold, flat, tf.zeros_like(flat)), tf.shape(r))
 
     def _backward(self, xs, targets, keep_all: bool = False, masks: dict | None = None,
-                  seeds: tuple | None = None, parameters: dict | None = None):
+                  seeds: tuple | None = None, parameters: dict | None = None,
+                  outputs: dict | None = None):
         """Relevance at the inputs (and, with ``keep_all``, at every tensor).
 
         ``seeds``: ``(indices, weights)`` of :meth:`explain_outputs` (then ``targets`` is unused
         and inputs have ``B * k`` samples). ``parameters``: a dict that receives, per node
         with weights whose rule propagates through them, its parameter relevance
-        (:meth:`parameter_relevance`).
+        (:meth:`parameter_relevance`). ``outputs``: receives the forward values (``"values"``).
 
         ``masks`` (Concept Relevance Propagation) maps node names to ``(B, k, channels)``
         masks: where the backward pass reaches the first of these nodes, the relevance of every
@@ -266,6 +267,8 @@ class Analyzer(Readouts, BaseAnalyzer):
         forward values below are repeated alike. Inputs then have ``B * k`` samples.
         """
         values, z0s = self._forward(xs)
+        if outputs is not None:
+            outputs["values"] = values
         seen: dict[int, Tensor] = {}
         memo: dict = {}
         base_memo = memo
@@ -336,6 +339,11 @@ class Analyzer(Readouts, BaseAnalyzer):
 
     def _explain(self, xs, targets):
         return self._backward(xs, targets)[0]
+
+    def _explain_predict(self, xs, targets):
+        box: dict = {}
+        relevance = self._backward(xs, targets, outputs=box)[0]
+        return relevance, self._output(box["values"])
 
     # ---------------------------------------------------------------- concepts (CRP)
     @_specializes

@@ -190,6 +190,8 @@ class BaseAnalyzer(metaclass=_PerShape):
         self._explain_fn = _traced(self._explain, [specs, tf.TensorSpec([None], tf.int32)],
                                    jit_compile)
         self._predict_fn = _traced(self._predict, [specs])
+        self._explain_predict_fn = _traced(self._explain_predict,
+                                           [specs, tf.TensorSpec([None], tf.int32)], jit_compile)
 
     def _keeps_whole(self, layer, name: str) -> bool:
         """Whether a custom layer stays one node (not flattened): for LRP, where the composite
@@ -297,6 +299,11 @@ class BaseAnalyzer(metaclass=_PerShape):
         index = tf.where(targets < 0, tf.argmax(y, axis=1, output_type=tf.int32), targets)
         return tf.one_hot(index, tf.shape(y)[1], dtype=y.dtype)
 
+    def _explain_predict(self, xs, targets):
+        """Relevance and the explained output in one traced call (here: a second forward;
+        the LRP analyzer reads the output off its own forward pass)."""
+        return self._explain(xs, targets), self._predict(xs)
+
     def _explain(self, xs, targets):  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -387,6 +394,22 @@ class BaseAnalyzer(metaclass=_PerShape):
         xs = self._prepare(x)
         parts = self._map_batches(lambda lo, chunk: self._predict_fn(chunk).numpy(), xs)
         return np.concatenate(parts)
+
+    @_specializes
+    def explain_and_predict(self, x, target=None):
+        """``(relevance, outputs)``: :meth:`__call__`'s relevance and :meth:`predict`'s
+        ``(batch, outputs)`` from one traced call per step (the LRP analyzer computes both from
+        one forward pass). What the batch runs (distributed, Ray, the command line) call."""
+        xs = self._prepare(x)
+        t = self._targets(target, xs[0].shape[0])
+        def step(lo, chunk):
+            r, y = self._explain_predict_fn(chunk, tf.constant(t[lo:lo + chunk[0].shape[0]]))
+            return [a.numpy() for a in r], y.numpy()
+
+        parts = self._map_batches(step, xs)
+        relevance = [np.concatenate([p[0][i] for p in parts]) for i in range(len(xs))]
+        outputs = np.concatenate([p[1] for p in parts])
+        return (relevance[0] if len(relevance) == 1 else relevance), outputs
 
     @_specializes
     def __call__(self, x, target=None):

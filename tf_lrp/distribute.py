@@ -86,8 +86,8 @@ def _step(analyzer, strategy):
         owner = weakref.ref(analyzer)  # the cache must not keep the analyzer alive
 
         def replica(xs, targets):
-            relevance = owner()._explain_fn(list(xs), targets)
-            return tuple(relevance), owner()._predict_fn(list(xs))
+            relevance, logits = owner()._explain_predict_fn(list(xs), targets)
+            return tuple(relevance), logits
 
         @tf.function(reduce_retracing=True, autograph=False)
         def step(xs, targets):
@@ -120,8 +120,8 @@ def _split(strategy, arrays: list[np.ndarray], targets: np.ndarray):
 
 def _explain_batch(analyzer, strategy, xs: list[np.ndarray], targets: np.ndarray):
     if strategy is None or len(targets) < strategy.num_replicas_in_sync:
-        relevance = analyzer._explain_fn([tf.constant(a) for a in xs], tf.constant(targets))
-        logits = analyzer._predict_fn([tf.constant(a) for a in xs])
+        relevance, logits = analyzer._explain_predict_fn([tf.constant(a) for a in xs],
+                                                         tf.constant(targets))
         return [r.numpy() for r in relevance], logits.numpy()
     relevance, logits = _step(analyzer, strategy)(*_split(strategy, xs, targets))
     parts_r = strategy.experimental_local_results(relevance)

@@ -123,8 +123,7 @@ class LocalEngine:
         from tf_lrp import distribute
 
         if self.strategy is None:
-            y = self.analyzer.predict(x)
-            return self.analyzer(x, target), y
+            return self.analyzer.explain_and_predict(x, target)
         return distribute.explain(self.analyzer, x, self.strategy, target, return_outputs=True)
 
     def _call(self, fn, *arguments):
