@@ -101,3 +101,44 @@ def test_bottom_up_and_top_down_cascades_by_hand(linear):
     np.testing.assert_allclose(down.complexity_rise, want, rtol=1e-6)
     with pytest.raises(InputError, match="order"):
         evaluate.model_randomisation(linear, Gradient, x, 0, order="sideways")
+
+
+def test_one_analyzer_reads_the_reinitialised_weights_like_a_rebuilt_one():
+    """The cascade assigns new weights into the clone that one traced analyzer reads live
+    (a folded BatchNormalization, SmoothGrad's per-call seeded noise): the same figures as
+    building the analyzer again at every step."""
+    import keras
+
+    import tf_lrp
+    from tf_lrp.evaluate import model_randomisation
+
+    keras.utils.set_random_seed(71)
+    x_in = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, name="conv")(x_in)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    model = keras.Model(x_in, keras.layers.Dense(3, name="out")(keras.layers.Flatten()(h)))
+    rng = np.random.default_rng(72)
+    for v in model.weights:
+        v.assign(rng.uniform(0.5, 1.5, v.shape).astype("float32") if "variance" in v.path
+                 else rng.normal(0.1, 0.5, v.shape).astype("float32"))
+    x = rng.normal(0.2, 1.0, (5, 6, 6, 2)).astype("float32")
+    built = []
+
+    def factories(name):
+        def make(m):
+            built.append(name)
+            return tf_lrp.Analyzer(m, "epsilon_plus") if name == "lrp" else \
+                tf_lrp.analyzers.SmoothGrad(m, n_samples=4, seed=3)
+        return make
+
+    for name in ("lrp", "smoothgrad"):
+        built.clear()
+        once = model_randomisation(model, factories(name), x, order="bottom_up", seed=5)
+        assert built == [name]
+        again = model_randomisation(model, factories(name), x, order="bottom_up", seed=5,
+                                    rebuild=True)
+        assert len(built) == 1 + 1 + len(once.layers)
+        np.testing.assert_allclose(once.similarity, again.similarity, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(once.complexity, again.complexity, rtol=1e-5, atol=1e-6)
+        assert once.layers == again.layers == ["conv", "bn", "out"]

@@ -240,6 +240,7 @@ def model_randomisation(
     seed: int = 0,
     n_bins: int = ENTROPY_BINS,
     progress: bool = False,
+    rebuild: bool = False,
 ) -> Randomisation:
     """Cascading model-parameter randomisation (Adebayo et al. 2018), top-down or bottom-up.
 
@@ -249,7 +250,11 @@ def model_randomisation(
         The ``keras.Model``; it is not modified (a clone is randomised).
     method
         Factory ``model -> analyzer``, e.g. ``lambda m: tf_lrp.Analyzer(m, "epsilon_plus")``.
-        It is called once for the original and once per randomised layer.
+        It is called once: the re-initialised weights are assigned into the clone's
+        variables, which the traced analyzer reads live (folded BatchNormalization included),
+        so no step builds or traces again. ``rebuild=True`` calls it again per randomised
+        layer (for a method that reads weights when it is built, such as a custom layer's
+        directly read weight).
     x
         A batch of inputs.
     target
@@ -284,13 +289,16 @@ def model_randomisation(
     target = _default_target(model, x, target)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ends in a softmax")
-        original = method(clone)(x, target)
+        analyzer = method(clone)
+        original = analyzer(x, target)
         signed, magnitude = [], []
         complexity = [explanation_entropy(original, n_bins)]
         with progress_bar(len(names), f"randomising layers ({order})", progress) as bar:
             for i, name in enumerate(names):
                 _reinitialise(by_name[name], seed + i)
-                relevance = method(clone)(x, target)
+                if rebuild:
+                    analyzer = method(clone)
+                relevance = analyzer(x, target)
                 signed.append(spearman(original, relevance))
                 magnitude.append(spearman(original, relevance, absolute=True))
                 complexity.append(explanation_entropy(relevance, n_bins))
