@@ -114,7 +114,7 @@ def test_tune_never_scores_on_the_test_split(monkeypatch, model, data):
 
 def test_winner_and_its_file(tmp_path, model, data):
     x, y = data
-    result = tuning.tune(model, x, y, budget=4, seed=3, **FAST)
+    result = tuning.tune(model, x, y, budget=4, seed=3, selection="argmax", **FAST)
     assert [t.name for t in result.trials[:2]] == list(PRESETS)
     assert [t.index for t in result.trials] == [1, 2, 3, 4]
     for trial in result.trials:  # by construction: the best validation score wins
@@ -203,3 +203,43 @@ def test_road_metric(model, data):
     result = tuning.tune(model, x, y, metric="road", budget=2, presets=("epsilon_plus",),
                          low=-1.0, high=1.0)
     assert np.isfinite(result.test_score) and result.spec["meta"]["metric"] == "road"
+
+
+def _trial(index, name, scores):
+    from tf_lrp.tuning.search import Trial
+
+    scores = np.asarray(scores, np.float64)
+    return Trial(index, name, {}, {}, float(scores.mean()),
+                 float(scores.std(ddof=1) / np.sqrt(len(scores))), 0.0, scores, None)
+
+
+def test_one_standard_error_rule_is_paired_and_favours_the_presets():
+    """A searched leader keeps the win only if its mean paired lead over the best preset
+    exceeds one standard error of the per-sample differences."""
+    from tf_lrp.tuning.search import _one_se
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(0.5, 0.3, 40)  # samples differ a lot; the methods differ little
+    preset = _trial(1, "epsilon_plus", base)
+    weak = _trial(2, "epsilon_gamma_box", base - 0.2)
+    d = np.tile([0.05, -0.01], 20)  # a paired lead of 0.02, se 0.0049: kept
+    steady = _trial(3, "search", base + d)
+    assert _one_se(steady, [weak, preset]) is steady
+    noisy = _trial(4, "search", base + rng.normal(0.02, 0.3, 40))  # lead below its se
+    diff = noisy.scores - base
+    assert diff.mean() <= diff.std(ddof=1) / np.sqrt(40)
+    assert _one_se(noisy, [weak, preset]) is preset
+    assert _one_se(noisy, []) is noisy
+
+
+def test_tune_records_the_selection(model, data):
+    x, y = data
+    result = tuning.tune(model, x, y, budget=4, seed=3, **FAST)
+    meta = result.spec["meta"]
+    assert meta["selection"] == "one_se"
+    leader = max((t for t in result.trials if np.isfinite(t.score)), key=lambda t: t.score)
+    assert meta["argmax_trial"] == leader.index
+    assert result.best is leader or result.best.name in PRESETS
+    with pytest.raises(InputError, match="selection must be"):
+        tuning.tune(model, x, y, budget=2, selection="best", **FAST)
+

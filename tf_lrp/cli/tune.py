@@ -107,6 +107,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="largest batch of the metric's predictions (default 256)")
     p.add_argument("--allow-lambda", action="store_true",
                    help="load Lambda layers (runs code stored in the file: trusted files only)")
+    p.add_argument("--selection", choices=["one_se", "argmax"], default="one_se",
+                   help="one_se (default): a searched winner must lead the best preset by more "
+                        "than one paired standard error; argmax: the best validation mean")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_tune, command="tune")
     return p
@@ -205,7 +208,7 @@ def cmd_tune(args) -> int:
         patch_size=args.patch_size or data.patch_size, steps=args.steps,
         fraction=args.fraction, batch_size=args.batch_size, on_trial=progress,
         meta={"model": Path(args.model).name, "model_sha256": file_sha256(args.model),
-              "data": args.data})
+              "data": args.data}, selection=args.selection)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
     result.save(out)

@@ -20,7 +20,10 @@ parameters are searched for, measured by a metric of explanation quality. Here:
 - **search**: the presets (:data:`IMAGE_PRESETS`; for models reading token ids
   :data:`TOKEN_PRESETS`) are the first trials, then points drawn at random (seeded), until
   ``budget`` trials are scored. The winner is the trial with the highest mean validation
-  score (the earliest of equals), so it is never worse than the best preset *on validation*.
+  score (the earliest of equals), except that a searched trial must lead the best preset by
+  more than one standard error of their paired per-sample differences, or the preset wins
+  (the one-standard-error rule, ``selection="one_se"``; ``"argmax"`` turns it off): with 100
+  validation samples a smaller lead is noise the search fitted.
 - **honest reporting**: the samples are split into a validation part, on which every trial
   is scored, and a disjoint test part, which is used only after the search, to score the
   winner and the presets. The test scores are the ones to quote.

@@ -86,7 +86,8 @@ class TuneResult:
     trials
         Every trial, in order.
     best
-        The winner: the highest mean validation score.
+        The winner: the highest mean validation score, or under the one-standard-error rule
+        the best preset where the searched leader is within one paired standard error of it.
     test_score, test_se, test_scores
         The winner on the test split (mean, standard error, per sample).
     presets
@@ -171,12 +172,26 @@ def _bounds_kwargs(name: str, low, high) -> dict:
     return {"low": low, "high": high} if {"low", "high"} <= set(params) else {}
 
 
+def _one_se(leader: Trial, presets: list[Trial]) -> Trial:
+    """The best preset, unless ``leader`` leads it by more than one standard error of the
+    paired per-sample differences (samples where either score is NaN left out)."""
+    if not presets:
+        return leader
+    preset = max(presets, key=lambda t: t.score)
+    d = leader.scores - preset.scores
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return leader
+    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    return leader if mean > se else preset
+
+
 def tune(model, x, y=None, *, masks=None, metric: str = "aopc", budget: int = 20,
          validation=0.5, seed: int = 0, low=None, high=None,
          presets: Sequence[str] | None = None, baseline=0.0, patch_size: int | None = None,
          steps: int = 25, fraction: float = 0.5, batch_size: int = 256,
-         on_trial: Callable[[Trial], None] | None = None, meta: dict | None = None
-         ) -> TuneResult:
+         on_trial: Callable[[Trial], None] | None = None, meta: dict | None = None,
+         selection: str = "one_se") -> TuneResult:
     """Search composite parameters on a validation split; score the winner on a test split.
 
     Parameters
@@ -216,6 +231,12 @@ def tune(model, x, y=None, *, masks=None, metric: str = "aopc", budget: int = 20
     meta
         Entries added to (or replacing) the ``"meta"`` of the result's composite file, e.g.
         ``{"model_sha256": ..., "data": ...}``.
+    selection
+        ``"one_se"`` (default): the one-standard-error rule in favour of the presets: when the
+        highest-scoring trial is a searched one, the best preset replaces it unless the trial
+        leads that preset by more than one standard error of their paired per-sample
+        differences on the validation split (a lead smaller than its noise is noise fitted on
+        100 samples). ``"argmax"``: the highest mean validation score.
 
     Returns
     -------
@@ -297,7 +318,11 @@ def tune(model, x, y=None, *, masks=None, metric: str = "aopc", budget: int = 20
     scored = [t for t in trials if not math.isnan(t.score)]
     if not scored:
         raise InputError(f"no trial could be scored; the first failed with: {trials[0].error}")
-    best = max(scored, key=lambda t: t.score)  # max keeps the earliest of equals
+    if selection not in ("one_se", "argmax"):
+        raise InputError(f"selection must be 'one_se' or 'argmax', got {selection!r}")
+    argmax = best = max(scored, key=lambda t: t.score)  # max keeps the earliest of equals
+    if selection == "one_se" and best.name == "search":
+        best = _one_se(best, [t for t in scored if t.name != "search"])
 
     # ---- after the search: the test split, for the winner and the presets
     x_test = x[test]
@@ -320,6 +345,7 @@ def tune(model, x, y=None, *, masks=None, metric: str = "aopc", budget: int = 20
         "n_test": len(test), "validation_score": _finite(best.score),
         "validation_se": _finite(best.se), "n_validation": len(val),
         "trial": best.index, "name": best.name, "params": best.params,
+        "selection": selection, "argmax_trial": argmax.index,
         "blocks": {b: list(names) for b, names in zip(BLOCKS, where.blocks)},
         "presets_test": {k: [_finite(m), _finite(s)] for k, (m, s) in preset_scores.items()},
         "settings": {"budget": int(budget), "seed": int(seed), "baseline": number_or_list(baseline),
