@@ -3,23 +3,35 @@ AOPC, budget 24; the argmax winner and the one-SE winner with their test scores.
 
     python scripts/tune_selection.py
 """
+
+from __future__ import annotations
+
 import time
 import warnings
 
 import numpy as np
 
-warnings.filterwarnings("ignore")
 import tf_lrp
 from tf_lrp import datasets, tuning
+from tf_lrp.tuning.search import _one_se
 
-for name, data in [("digits_mlp", "digits"), ("digits_lenet", "digits")]:
-    m = tf_lrp.load_model(f"saved_models/{name}.h5")
-    size = 28 if name == "digits_mlp" else 32
-    x, y = datasets.load_digits(split="test", size=size) if "size" in datasets.load_digits.__code__.co_varnames else datasets.load_digits(split="test")
-    x = (np.asarray(x[:200]) + 1) * 127.5; y = np.asarray(y[:200])
-    t = time.time()
-    r = tuning.tune(m, x, y, budget=24, low=0.0, high=255.0, selection="argmax")
-    from tf_lrp.tuning.search import _one_se
-    sel = _one_se(r.best, [tr for tr in r.trials if tr.name != "search" and np.isfinite(tr.score)]) if r.best.name == "search" else r.best
-    print(name, f"{time.time()-t:.0f}s", "argmax:", r.best.index, r.best.name, round(r.best.score,4), "test", round(r.test_score,4), "+-", round(r.test_se,4),
-          "| one_se:", sel.index, sel.name, "test", r.presets.get(sel.name, (r.test_score, r.test_se)), flush=True)
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    for name, size in (("digits_mlp", 28), ("digits_lenet", 32)):
+        model = tf_lrp.load_model(f"saved_models/{name}.h5")
+        x, y = datasets.load_digits(split="test", size=size)
+        x, y = (np.asarray(x[:200]) + 1) * 127.5, np.asarray(y[:200])
+        start = time.time()
+        r = tuning.tune(model, x, y, budget=24, low=0.0, high=255.0, selection="argmax")
+        presets = [t for t in r.trials if t.name != "search" and np.isfinite(t.score)]
+        chosen = _one_se(r.best, presets) if r.best.name == "search" else r.best
+        test = r.presets.get(chosen.name, (r.test_score, r.test_se))
+        print(f"{name} ({time.time() - start:.0f} s): argmax trial {r.best.index} "
+              f"({r.best.name}, validation {r.best.score:.4f}), test {r.test_score:.4f} ± "
+              f"{r.test_se:.4f} | one_se: trial {chosen.index} ({chosen.name}), test "
+              f"{test[0]:.4f} ± {test[1]:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
