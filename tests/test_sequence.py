@@ -789,12 +789,23 @@ def test_engine_dot_attention_layer():
     close(got, explain_dot_attention(model, x, target, EPS).relevance)
 
 
-@pytest.mark.parametrize("ln", ["identity", "linear"])
+@pytest.mark.parametrize("ln", ["linear"])
 def test_engine_transformer_encoder_block(ln):
     """MHA + residual + LayerNormalization + GELU feed-forward + residual + LayerNormalization
-    under AttnLRP: GELU by the identity, LayerNormalization both ways."""
+    under AttnLRP: GELU by the identity, LayerNormalization with its scale held constant."""
     model = encoder_model()
     x, target = floats((3, 4)), targets()
     got = tf_lrp.Analyzer(model, composites.AttnLRP(epsilon=EPS, normalization=ln))(
         x, target=target)
     close(got, explain_encoder(model, x, target, EPS, ln).relevance)
+
+
+def test_identity_normalization_is_refused_with_the_reason():
+    """Relevance passed unchanged through a LayerNormalization is divided by the residual sum
+    before it: refused, naming the fix."""
+    for composite in (composites.AttnLRP, composites.CPLRP):
+        with pytest.raises(ValueError, match="identity' is refused.*normalization='linear'"):
+            composite(normalization="identity")
+        with pytest.raises(ValueError, match="must be 'linear'"):
+            composite(normalization="rms")
+

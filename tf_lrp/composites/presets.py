@@ -129,8 +129,8 @@ class AttnLRP(LayerMap):
     - the attention softmax: Prop. 3.1 (:class:`rules.AttnSoftmax`);
     - LayerNormalization, GroupNormalization, UnitNormalization, RMSNormalization: Prop. 3.4,
       the normalizing scale ``1/sigma`` held constant and the remaining linear map (centering,
-      ``gamma``, ``beta``) by epsilon, as the authors' code (LXT) does; with
-      ``normalization="identity"`` relevance passes them unchanged;
+      ``gamma``, ``beta``) by epsilon, as the authors' code (LXT) does (``"identity"``,
+      relevance passed unchanged, is refused: it divides by residual sums near zero);
     - elementwise activations (GELU, ...): the identity; ``Add`` (residuals, positional
       embeddings): in proportion to the summands; ``Embedding``: summed per token; recurrent
       gates: no relevance (signal-take-all).
@@ -140,7 +140,8 @@ class AttnLRP(LayerMap):
     epsilon
         The stabiliser of every epsilon rule and bilinear product.
     normalization
-        ``"linear"`` (Prop. 3.4, the default) or ``"identity"``.
+        ``"linear"`` (Prop. 3.4, the default and only setting; ``"identity"`` raises and
+        says why).
     """
 
     def __init__(self, epsilon: float = 1e-6, normalization: str = "linear"):
@@ -159,9 +160,18 @@ class AttnLRP(LayerMap):
 
 
 def _normalization(mode: str, eps: rules.Rule) -> list:
-    if mode not in ("linear", "identity"):
-        raise ValueError(f"normalization must be 'linear' or 'identity', got {mode!r}")
-    return [(NORMALIZATIONS, rules.Pass() if mode == "identity" else eps)]
+    if mode == "identity":
+        raise ValueError(
+            "normalization='identity' is refused: passing a normalization's relevance unchanged "
+            "to its input hands the residual sum before it relevance on the normalized scale, and "
+            "the sum's proportional rule then divides by values near zero (on the shipped "
+            "text_transformer sum(R)/logit ranged from -0.65 to 4.72, against 0.41-0.68 with "
+            "'linear'; -126.8 for a logit of -0.27 on a small transformer). The literature "
+            "(AttnLRP Prop. 3.4; Ali et al. 2022) holds the normalizing scale constant: use "
+            "normalization='linear' (the default)")
+    if mode != "linear":
+        raise ValueError(f"normalization must be 'linear', got {mode!r}")
+    return [(NORMALIZATIONS, eps)]
 
 
 @register("cp_lrp")
