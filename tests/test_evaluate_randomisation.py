@@ -105,8 +105,8 @@ def test_bottom_up_and_top_down_cascades_by_hand(linear):
 
 def test_one_analyzer_reads_the_reinitialised_weights_like_a_rebuilt_one():
     """The cascade assigns new weights into the clone that one traced analyzer reads live
-    (a folded BatchNormalization, SmoothGrad's per-call seeded noise): the same figures as
-    building the analyzer again at every step."""
+    (a folded BatchNormalization, SmoothGrad's per-call seeded noise; the Random control is
+    reseeded before every step): the same figures as building the analyzer again."""
     import keras
 
     import tf_lrp
@@ -128,11 +128,13 @@ def test_one_analyzer_reads_the_reinitialised_weights_like_a_rebuilt_one():
     def factories(name):
         def make(m):
             built.append(name)
+            if name == "random":
+                return tf_lrp.analyzers.Random(m, seed=3)
             return tf_lrp.Analyzer(m, "epsilon_plus") if name == "lrp" else \
                 tf_lrp.analyzers.SmoothGrad(m, n_samples=4, seed=3)
         return make
 
-    for name in ("lrp", "smoothgrad"):
+    for name in ("lrp", "smoothgrad", "random"):
         built.clear()
         once = model_randomisation(model, factories(name), x, order="bottom_up", seed=5)
         assert built == [name]
@@ -142,3 +144,5 @@ def test_one_analyzer_reads_the_reinitialised_weights_like_a_rebuilt_one():
         np.testing.assert_allclose(once.similarity, again.similarity, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(once.complexity, again.complexity, rtol=1e-5, atol=1e-6)
         assert once.layers == again.layers == ["conv", "bn", "out"]
+        if name == "random":  # the control is reseeded every step: it never changes
+            np.testing.assert_allclose(once.similarity, 1.0)

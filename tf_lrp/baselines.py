@@ -257,6 +257,11 @@ class Random(BaseAnalyzer):
         self._generator = tf.random.Generator.from_seed(self.seed)
         super().__init__(model, **kwargs)
 
+    def reseed(self) -> None:
+        """Start the generator from the seed again: the next calls repeat the first ones'
+        values (the randomisation cascade reseeds seeded methods before every step)."""
+        self._generator.reset_from_seed(self.seed)
+
     def _explain(self, xs, targets):
         return [self._generator.uniform(tf.shape(x), dtype=x.dtype if x.dtype.is_floating
                                         else tf.float32) for x in xs]

@@ -252,9 +252,10 @@ def model_randomisation(
         Factory ``model -> analyzer``, e.g. ``lambda m: tf_lrp.Analyzer(m, "epsilon_plus")``.
         It is called once: the re-initialised weights are assigned into the clone's
         variables, which the traced analyzer reads live (folded BatchNormalization included),
-        so no step builds or traces again. ``rebuild=True`` calls it again per randomised
-        layer (for a method that reads weights when it is built, such as a custom layer's
-        directly read weight).
+        so no step builds or traces again; an analyzer with a ``reseed()`` method (the
+        :class:`~tf_lrp.baselines.Random` control) is reseeded before every step, as a fresh
+        one would start. ``rebuild=True`` calls it again per randomised layer (for a method
+        that reads weights when it is built, such as a custom layer's directly read weight).
     x
         A batch of inputs.
     target
@@ -290,7 +291,13 @@ def model_randomisation(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ends in a softmax")
         analyzer = method(clone)
-        original = analyzer(x, target)
+
+        def explain():
+            if hasattr(analyzer, "reseed"):  # seeded methods start from their seed every step
+                analyzer.reseed()
+            return analyzer(x, target)
+
+        original = explain()
         signed, magnitude = [], []
         complexity = [explanation_entropy(original, n_bins)]
         with progress_bar(len(names), f"randomising layers ({order})", progress) as bar:
@@ -298,7 +305,7 @@ def model_randomisation(
                 _reinitialise(by_name[name], seed + i)
                 if rebuild:
                     analyzer = method(clone)
-                relevance = analyzer(x, target)
+                relevance = explain()
                 signed.append(spearman(original, relevance))
                 magnitude.append(spearman(original, relevance, absolute=True))
                 complexity.append(explanation_entropy(relevance, n_bins))
