@@ -282,3 +282,16 @@ def test_text_prompt_through_a_keras_hub_preprocessor_and_the_command(tmp_path):
     assert json.loads((tmp_path / "out" / "generation.json").read_text())["prompt_length"] == 3
     with pytest.raises(tf_lrp.errors.InputError, match="exceed the model's longest sequence, 16"):
         lm.explain_generation(tmp_path / "gpt2", "ab a b", max_new_tokens=13)
+
+
+def test_no_retrace_per_prompt_length_or_target_count(model, tokenizer):
+    """Prompts of different lengths in one 32-token bucket, and different numbers of generated
+    tokens, run through one traced backward function."""
+    analyzer = lm._analyzer(model, None)
+    lm.explain_generation(model, "copy c a |", max_new_tokens=3, tokenizer=tokenizer)
+    built = analyzer.for_shape([(32,), (32,)])
+    count = built._seeded_fn.experimental_get_tracing_count()
+    lm.explain_generation(model, "copy c a f b e |", max_new_tokens=7, tokenizer=tokenizer)
+    lm.explain_generation(model, PROMPT, max_new_tokens=1, tokenizer=tokenizer, span=None,
+                          target="logprob")
+    assert built._seeded_fn.experimental_get_tracing_count() == count == 1
