@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 from tf_lrp import Analyzer, cli, load_model
-from tf_lrp.cli import inputs as cli_inputs
-from tf_lrp.cli import outputs as cli_outputs
+from tf_lrp.runs import inputs as cli_inputs
+from tf_lrp.runs import outputs as cli_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "saved_models" / "digits_lenet.h5"

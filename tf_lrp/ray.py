@@ -198,7 +198,7 @@ def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_pl
         ``ray.data.read_numpy``; or a ``ray.data.Dataset``.
     out
         Output directory: ``shards/shard-NNNNNN.npy`` of ``shard_size`` rows and ``index.csv``
-        (see :mod:`tf_lrp.cli.shards`), rows in the order of the source.
+        (see :mod:`tf_lrp.runs.shards`), rows in the order of the source.
     composite, input_range, **explainer_kwargs
         Passed to :class:`Explainer` (``column`` defaults to ``"image"`` or ``"data"``).
     batch_size, actors, num_gpus
@@ -215,9 +215,9 @@ def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_pl
     pathlib.Path
         ``out``.
     """
-    from tf_lrp.cli.inputs import Entry
-    from tf_lrp.cli.outputs import Result, Skipped, output_dir
-    from tf_lrp.cli.shards import ShardSink
+    from tf_lrp.runs.inputs import Entry
+    from tf_lrp.runs.outputs import Result, Skipped, output_dir
+    from tf_lrp.runs.shards import ShardSink
 
     init()
     out = output_dir(str(out))
@@ -277,8 +277,8 @@ def _add_channel(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _decode(batch: dict[str, np.ndarray], shape: Sequence[int],
             scale: tuple[float, float]) -> dict[str, np.ndarray]:
     """A Ray task: decode a batch of entries exactly as a local run does."""
-    from tf_lrp.cli.common import InputProblem
-    from tf_lrp.cli.inputs import Decoder, InputSpec
+    from tf_lrp.runs.common import InputProblem
+    from tf_lrp.runs.inputs import Decoder, InputSpec
 
     decoder = Decoder(InputSpec(tuple(shape)), scale)
     n = len(batch["seq"])
@@ -303,18 +303,20 @@ class EntryEngine:
     each job starts its actor pool once.
     """
 
-    def __init__(self, args, setup, spec):
+    def __init__(self, args, setup, spec, *, scale: tuple[float, float], output):
+        """``args``: the run's options (the ``tf-lrp explain`` namespace); ``scale``: the pixel
+        range image files are mapped to; ``output``: which model output is explained."""
         if not spec.fixed:
             raise ValueError("--ray needs a model with a fixed input shape")
         self.args, self.setup, self.spec = args, setup, spec
+        self.scale, self.output = scale, output
         self.address = args.ray
 
     def results(self, entries: Iterable) -> Iterator[list]:
-        from tf_lrp.cli.common import SCALES
-        from tf_lrp.cli.inputs import Entry
+        from tf_lrp.runs.inputs import Entry
 
         init(self.address)
-        scale = SCALES[self.args.scale]
+        scale = self.scale
         it = iter(entries)
         while True:
             chunk: list[Entry] = list(itertools.islice(it, CLI_CHUNK))
@@ -323,8 +325,6 @@ class EntryEngine:
             yield from self._job(chunk, scale)
 
     def _job(self, chunk, scale) -> Iterator[list]:
-        from tf_lrp.cli.modelsetup import model_output
-
         items = [{"seq": e.seq, "path": e.path, "index": e.index, "problem": e.problem or ""}
                  for e in chunk]
         args = self.args
@@ -338,7 +338,7 @@ class EntryEngine:
                 fn_constructor_kwargs={
                     "model": str(args.model), "composite": self.setup.composite,
                     "column": "x", "target": args.target, "start": args.start,
-                    "output": model_output(args.model_output), "valid_column": "ok",
+                    "output": self.output, "valid_column": "ok",
                     "keep_input": keep, "safe_mode": not args.allow_lambda},
                 batch_size=args.batch_size, batch_format="numpy",
                 compute=_compute(args.ray_actors), num_gpus=args.ray_gpus or None)
@@ -360,7 +360,7 @@ class EntryEngine:
 def _in_order(chunk: list, batches: Iterable[list[tuple[int, dict]]]) -> Iterator[list]:
     """Results in the order of ``chunk``, whatever order Ray returns them in (a retried task
     may come back late); each row exactly once."""
-    from tf_lrp.cli.outputs import Result
+    from tf_lrp.runs.outputs import Result
 
     waiting: dict[int, dict] = {}
     position = 0

@@ -1,6 +1,6 @@
 """Atomic file writes: a file appears whole or not at all, also when the process is killed.
 
-Used by the command line's writers (:mod:`tf_lrp.cli.outputs`) and the concept atlas
+Used by the command line's writers (:mod:`tf_lrp.runs.outputs`) and the concept atlas
 (:mod:`tf_lrp.concepts.atlas`).
 """
 

@@ -64,7 +64,7 @@ Every file is written atomically (a temporary file in ``DIR``, then :func:`os.re
 durably in batches (one file-system sync per batch): an interrupted or killed run leaves
 complete files only, and the next run removes its temporary files. ``--format shards`` writes
 the relevance in ``.npy`` shards with an ``index.csv`` instead (see
-:mod:`tf_lrp.cli.shards`; ``--resume`` then works per shard). Skipped inputs are listed with
+:mod:`tf_lrp.runs.shards`; ``--resume`` then works per shard). Skipped inputs are listed with
 the reason in ``skipped.csv``. The ``.npy`` and ``.png`` files are the record of
 what is done; ``summary.csv`` is derived from them and is rewritten whole (merged, atomically)
 at the end of the run, on interruption, and every 30 s during long runs. With ``--resume`` a
@@ -84,8 +84,8 @@ cannot be loaded or explained (the message says why; ``tf-lrp info MODEL`` then 
 layer and flags the ones no rule fits); 130 interrupted.
 
 The package: :mod:`~tf_lrp.cli.parser` (arguments, :func:`main`), :mod:`~tf_lrp.cli.modelsetup`
-(model, input range, composite), :mod:`~tf_lrp.cli.inputs` (enumeration, decoding),
-:mod:`~tf_lrp.cli.outputs`, :mod:`~tf_lrp.cli.files`, :mod:`~tf_lrp.cli.shards` (writers,
+(model, input range, composite), :mod:`~tf_lrp.runs.inputs` (enumeration, decoding),
+:mod:`~tf_lrp.runs.outputs`, :mod:`~tf_lrp.cli.files`, :mod:`~tf_lrp.runs.shards` (writers,
 summary, resume) and one module per command (``explain``, ``info``, ``composites``).
 """
 
@@ -99,8 +99,8 @@ from tf_lrp.cli.common import (
     SKIPPED_COLUMNS,
     SUMMARY_COLUMNS,
 )
-from tf_lrp.cli.outputs import atomic_write
 from tf_lrp.cli.parser import build_parser, main
+from tf_lrp.runs.outputs import atomic_write
 
 _atomic_write = atomic_write  # the name before the split into a package
 

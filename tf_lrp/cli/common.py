@@ -10,7 +10,21 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+
+from tf_lrp.runs.common import (  # noqa: F401 (the command line's names for them)
+    ARRAY_SUFFIX,
+    IMAGE_MODES,
+    IMAGE_SUFFIXES,
+    INDEX_COLUMNS,
+    INDEX_NAME,
+    SKIPPED_COLUMNS,
+    SKIPPED_NAME,
+    InputProblem,
+    UsageError,
+    note,
+    shape_text,
+)
 
 EXIT_OK, EXIT_SKIPPED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -30,50 +44,17 @@ DEFAULT_SCALE = AUTO_SCALE
 DEFAULT_COMPOSITE = "epsilon_plus"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SHARD_SIZE = 1000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-ARRAY_SUFFIX = ".npy"
 SUMMARY_NAME = "summary.csv"
 #: Columns of ``summary.csv`` (``--format png,npy``).
 SUMMARY_COLUMNS = ("input", "predicted_class", "explained_class", "logit", "relevance_sum")
-INDEX_NAME = "index.csv"
-#: Columns of ``index.csv`` (``--format shards``): ``shard`` is the shard file relative to the
-#: output directory, ``row`` the sample's row in it.
-INDEX_COLUMNS = ("input", "shard", "row", "predicted_class", "explained_class", "logit",
-                 "relevance_sum")
-SKIPPED_NAME = "skipped.csv"
-#: Columns of ``skipped.csv``: every input that was skipped, and why.
-SKIPPED_COLUMNS = ("input", "reason")
 CSV_CHECKPOINT_SECONDS = 30.0
 AUTO_ZOOM_PIXELS = 128  # auto zoom: integer factor bringing the larger side close to this
 STRIP_HEIGHT = 16  # most rows a 1-D relevance vector is drawn with
-IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-
-class UsageError(Exception):
-    """A bad option found after parsing; reported without a traceback, exit code 2."""
-
-
-class InputProblem(Exception):
-    """One input cannot be used; it is reported and skipped."""
 
 
 def error(message: str) -> None:
     """Print ``tf-lrp: error: message`` on stderr."""
     print(f"tf-lrp: error: {message}", file=sys.stderr)
-
-
-def note(message: str, quiet: bool = False) -> None:
-    """Print ``tf-lrp: message`` on stderr (through tqdm, so a progress bar stays intact)."""
-    if not quiet:
-        from tqdm import tqdm
-
-        tqdm.write(f"tf-lrp: {message}", file=sys.stderr)
-
-
-def shape_text(shape: Sequence[int | None]) -> str:
-    """``(28, 28, 1)``; ``?`` for a dimension of any size."""
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + \
-        ("," if len(shape) == 1 else "") + ")"
 
 
 @contextlib.contextmanager

@@ -131,10 +131,10 @@ def _run(args: argparse.Namespace) -> int:
             setattr(args, name, value)
     tf_lrp = engine()
     from tf_lrp import concepts
-    from tf_lrp.cli.inputs import InputSpec, decoded_batches
     from tf_lrp.cli.modelsetup import build_analyzer, setup_model
-    from tf_lrp.cli.outputs import atomic_write, csv_text
     from tf_lrp.errors import InputError
+    from tf_lrp.runs.inputs import InputSpec, decoded_batches
+    from tf_lrp.runs.outputs import atomic_write, csv_text
 
     analyzer, _, setup = build_analyzer(tf_lrp, args, setup=setup_model(tf_lrp, args))
     setup.report_range(args.quiet)

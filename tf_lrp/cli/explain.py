@@ -22,9 +22,9 @@ from tf_lrp.cli.common import (
     engine,
     note,
 )
-from tf_lrp.cli.inputs import Decoded, Entry, InputSpec, decoded_chunks, iter_entries
 from tf_lrp.cli.modelsetup import build_analyzer, setup_model
-from tf_lrp.cli.outputs import Progress, Result, Skipped, locked, output_dir, remove_temporaries
+from tf_lrp.runs.inputs import Decoded, Entry, InputSpec, decoded_chunks, iter_entries
+from tf_lrp.runs.outputs import Progress, Result, Skipped, locked, output_dir, remove_temporaries
 
 
 def input_spec(analyzer) -> InputSpec:
@@ -156,7 +156,10 @@ def _ray_engine(args, setup, spec):
         from tf_lrp import ray as lrp_ray
     except ImportError as err:
         raise UsageError(f"--ray: {err}") from None
-    return lrp_ray.EntryEngine(args, setup, spec)
+    from tf_lrp.cli.modelsetup import model_output
+
+    return lrp_ray.EntryEngine(args, setup, spec, scale=SCALES[args.scale],
+                               output=model_output(args.model_output))
 
 
 def _sink(args, out, spec, skip, tokens: bool = False):
@@ -166,7 +169,7 @@ def _sink(args, out, spec, skip, tokens: bool = False):
         raise UsageError("--format csv and html are per-token outputs, for models whose input "
                          "is token ids (an Embedding reading the model input)")
     if formats == ("shards",):
-        from tf_lrp.cli.shards import ShardSink
+        from tf_lrp.runs.shards import ShardSink
 
         if not spec.fixed:
             raise UsageError(

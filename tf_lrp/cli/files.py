@@ -3,7 +3,7 @@
 and ``<name>.html`` (the tokens coloured by relevance), and the PNG shows the coloured tokens.
 
 The files are the record of what is done: a sample whose requested files all exist is done for
-``--resume``. Each batch's files are made durable together (:class:`~tf_lrp.cli.outputs.DurableBatch`)
+``--resume``. Each batch's files are made durable together (:class:`~tf_lrp.runs.outputs.DurableBatch`)
 before their rows enter the summary; ``summary.csv`` is derived from the files and rewritten
 whole (atomically) every 30 s, at the end and on interruption; a row lost to a crash is rebuilt
 on ``--resume`` from a forward pass and the existing ``.npy``.
@@ -28,8 +28,8 @@ from tf_lrp.cli.common import (
     SUMMARY_COLUMNS,
     SUMMARY_NAME,
 )
-from tf_lrp.cli.inputs import Entry
-from tf_lrp.cli.outputs import (
+from tf_lrp.runs.inputs import Entry
+from tf_lrp.runs.outputs import (
     DurableBatch,
     Result,
     Skipped,

@@ -20,7 +20,7 @@ from tf_lrp.cli.common import (
     engine,
     note,
 )
-from tf_lrp.cli.inputs import image_mode
+from tf_lrp.runs.inputs import image_mode
 
 
 def rule_classes() -> dict[str, type]:

@@ -62,8 +62,8 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from tf_lrp import prune
-    from tf_lrp.cli.inputs import InputSpec, decoded_batches
     from tf_lrp.io import load_model
+    from tf_lrp.runs.inputs import InputSpec, decoded_batches
 
     if not 0.0 <= args.ratio < 1.0:
         raise UsageError(f"--ratio must be in [0, 1), got {args.ratio}")

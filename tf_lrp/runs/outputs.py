@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tf_lrp.cli.common import SKIPPED_COLUMNS, SKIPPED_NAME, UsageError, note
-from tf_lrp.cli.inputs import Entry
+from tf_lrp.runs.common import SKIPPED_COLUMNS, SKIPPED_NAME, UsageError, note
+from tf_lrp.runs.inputs import Entry
 from tf_lrp.storage import atomic_write, temp_path  # noqa: F401 (re-exported)
 
 TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_lrp.cli.common import ARRAY_SUFFIX, IMAGE_MODES, IMAGE_SUFFIXES, InputProblem, shape_text
+from tf_lrp.runs.common import ARRAY_SUFFIX, IMAGE_MODES, IMAGE_SUFFIXES, InputProblem, shape_text
 
 LIST_PREFIX = "@"
 #: Chunks decoded at once by the tf.data pipeline (each chunk is one batch).
@@ -401,7 +401,7 @@ def decoded_batches(inputs: Sequence[str], spec, scale, batch_size: int, problem
     """``(names, batch)`` of the inputs that decode; the others go to ``problems``."""
     import numpy as np
 
-    from tf_lrp.cli.common import InputProblem
+    from tf_lrp.runs.common import InputProblem
 
     decoder = Decoder(spec, scale)
     names: list[str] = []

@@ -9,7 +9,7 @@ Layout of the output directory::
     skipped.csv               input,reason
 
 Shard ``k`` holds the entries numbered ``k*N .. k*N+N-1`` in input order (see
-:mod:`tf_lrp.cli.inputs`); skipped entries have no row in the ``.npy``. A shard is done when its
+:mod:`tf_lrp.runs.inputs`); skipped entries have no row in the ``.npy``. A shard is done when its
 ``.csv`` exists (it is moved into place after its ``.npy``, both synced first). ``index.csv``
 and ``skipped.csv`` are appended after each shard and rebuilt from the shard ``.csv`` files by
 ``--resume``. Read them with ``pandas.read_csv(out / "index.csv")`` and
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_lrp.cli.common import INDEX_COLUMNS, INDEX_NAME, SKIPPED_COLUMNS, UsageError
-from tf_lrp.cli.inputs import Entry
-from tf_lrp.cli.outputs import (
+from tf_lrp.runs.common import INDEX_COLUMNS, INDEX_NAME, SKIPPED_COLUMNS, UsageError
+from tf_lrp.runs.inputs import Entry
+from tf_lrp.runs.outputs import (
     DurableBatch,
     Result,
     Skipped,
