@@ -147,3 +147,30 @@ def test_saved_pruned_model_behaves_the_same_and_the_command(tmp_path):
     np.testing.assert_allclose(cli(x), small(x), rtol=1e-5, atol=1e-5)
     assert main(["prune", str(tmp_path / "model.keras"), "--data", str(tmp_path / "data.npy"),
                  "--ratio", "1.5", "--out", str(tmp_path / "bad.keras")]) == 2
+
+
+def test_layers_left_alone_say_why():
+    """Grouped convolutions, channels that are a model output, a Flatten not followed by one
+    Dense: not prunable, each with the reason; a non-model is refused."""
+    keras.utils.set_random_seed(9)
+    x_in = keras.Input((6, 6, 4))
+    grouped = keras.layers.Conv2D(4, 3, groups=2, name="grouped")(x_in)
+    a = keras.layers.Conv2D(3, 3, name="to_output")(x_in)
+    b = keras.layers.Conv2D(3, 3, name="to_flatten")(x_in)
+    flat = keras.layers.Flatten()(b)
+    two = [keras.layers.Dense(2, name="d1")(flat), keras.layers.Dense(2, name="d2")(flat)]
+    c = keras.layers.Conv2D(2, 1, name="ok")(grouped)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(c))
+    model = keras.Model(x_in, [a, out, *two])
+    plan = prune.prunable_layers(model)
+    assert plan.layers == ["ok"]  # through pooling to one Dense: prunable
+    assert plan.skipped["grouped"] == "grouped convolution"
+    assert plan.skipped["to_output"] == "its channels are a model output"
+    assert "not followed by exactly one Dense" in plan.skipped["to_flatten"]
+    x = np.random.default_rng(10).normal(size=(2, 6, 6, 4)).astype("float32")
+    small = prune.prune(model, ratio=0.5, criterion="weight")
+    assert small.get_layer("ok").filters == 1 and small.get_layer("grouped").filters == 4
+    assert [o.shape for o in small(x)] == [o.shape for o in model(x)]
+    with pytest.raises(InputError, match="built functional or Sequential"):
+        prune.prunable_layers("model.keras")
+

@@ -58,8 +58,9 @@ class Prunable:
     followers
         Per prunable layer: the channel-preserving layers after it (their channels go too).
     consumers
-        Per prunable layer: ``(name, kind)`` of the layers reading its channels (``"conv"``,
-        ``"dense"``, ``"flatten"``: a Dense after a Flatten).
+        Per prunable layer: ``(name, kind)`` of the layers reading its channels (``"conv"``, or
+        ``"dense"``: a Dense after global pooling or a Flatten, whose rows are
+        ``(positions, channels)`` flattened, one position after global pooling).
     skipped
         Conv2D layers left alone, with the reason.
     """
@@ -113,9 +114,8 @@ def prunable_layers(model) -> Prunable:
                     nxt = readers[reader]
                     if len(nxt) == 1 and type(model.get_layer(nxt[0])) is keras.layers.Dense \
                             and reader not in outputs:
-                        kind = "flatten" if isinstance(r, keras.layers.Flatten) else "dense"
                         followers.append(reader)
-                        consumers.append((nxt[0], kind))
+                        consumers.append((nxt[0], "dense"))
                     else:
                         reason = f"{reader!r} is not followed by exactly one Dense layer"
                 else:
@@ -287,9 +287,7 @@ def _rebuild(model, prunable: Prunable, keep: dict[str, np.ndarray]) -> keras.Mo
             k, kind, channels = in_keep[layer.name]
             if kind == "conv":
                 new[0] = new[0][:, :, k, :]
-            elif kind == "dense":
-                new[0] = new[0][k, :]
-            else:  # a Dense after Flatten: rows (h, w, c) flattened
+            else:  # a Dense: rows (positions, channels) flattened (one position after pooling)
                 rows = new[0].reshape(-1, channels, new[0].shape[-1])
                 new[0] = rows[:, k, :].reshape(-1, new[0].shape[-1])
         if layer.name in out_keep:
