@@ -755,6 +755,33 @@ def test_explain_and_predict_is_relevance_and_outputs_of_one_call():
     for analyzer in (tf_lrp.Analyzer(model, "epsilon", batch_size=3),
                      tf_lrp.analyzers.GradientXInput(model, batch_size=3)):
         relevance, outputs = analyzer.explain_and_predict(x, target=[0, 1, 2, 0, 1, 2, 0])
-        np.testing.assert_array_equal(relevance, analyzer(x, target=[0, 1, 2, 0, 1, 2, 0]))
+        # another traced function of the same computation: equal up to float rounding
+        expected = analyzer(x, target=[0, 1, 2, 0, 1, 2, 0])
+        np.testing.assert_allclose(relevance, expected, rtol=1e-6,
+                                   atol=1e-6 * np.abs(expected).max())
         np.testing.assert_allclose(outputs, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
         assert relevance.shape == x.shape and outputs.shape == (7, 3)
+
+
+def test_explain_outputs_per_sample_weighted_sums_of_single_explanations():
+    """k weighted combinations of m outputs per sample, for several samples at once: each
+    equals the weighted sum of the single-target explanations of its own sample (LRP-epsilon
+    is linear in the start relevance), so no copy is matched to another sample or index."""
+    import keras
+
+    import tf_lrp
+
+    keras.utils.set_random_seed(63)
+    x_in = keras.Input((4,))
+    model = keras.Model(x_in, keras.layers.Dense(5)(keras.layers.Dense(6, activation="relu")(
+        x_in)))
+    rng = np.random.default_rng(64)
+    x = rng.normal(0.3, 1.2, (3, 4)).astype("float32")
+    idx = rng.integers(0, 5, (3, 2, 2))
+    w = rng.uniform(-1.5, 2.0, (3, 2, 2)).astype("float32")
+    a = tf_lrp.Analyzer(model, "epsilon")
+    got = a.explain_outputs(x, idx, w)
+    assert got.shape == (3, 2, 4)
+    singles = np.stack([a(x, target=t) for t in range(5)], axis=1)  # (n, outputs, 4)
+    expected = np.einsum("nkm,nkmd->nkd", w, singles[np.arange(3)[:, None, None], idx])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
