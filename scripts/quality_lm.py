@@ -77,9 +77,7 @@ def methods(model):
     def tokens(analyzer):
         def run(x, flat, positions):
             r = analyzer(x, target=flat)
-            a = analyzer.for_shape([(LENGTH,), (LENGTH,)]) \
-                if analyzer.__dict__.get("_deferred") is not None else analyzer
-            return np.asarray(r[a.graph.input_names.index("token_ids")], np.float64)
+            return np.asarray(r[analyzer.input_names.index("token_ids")], np.float64)
         return run
 
     def rollout(x, flat, positions):

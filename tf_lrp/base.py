@@ -92,9 +92,7 @@ def _specializes(method):
     @functools.wraps(method)
     def wrapper(self, x, *args, **kwargs):
         if self.__dict__.get("_deferred") is not None:
-            shapes = _shapes_of(x, self._input_names)
-            batch = _batch_of(x) if self._per_batch else None
-            return getattr(self.for_shape(shapes, batch), method.__name__)(x, *args, **kwargs)
+            return getattr(self.for_input(x), method.__name__)(x, *args, **kwargs)
         return method(self, x, *args, **kwargs)
 
     return wrapper
@@ -185,8 +183,9 @@ class BaseAnalyzer(metaclass=_PerShape):
         self._tokens = plan.token_inputs(self.graph)
         self._ranges = plan.value_ranges(self.graph)
         self._nonnegative = {k: r[0] >= 0.0 for k, r in self._ranges.items()}
-        specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
-                                                                self.graph.input_dtypes)]
+        #: the signature of every traced call: the inputs with a free batch axis
+        self._input_specs = specs = [tf.TensorSpec((None, *s), d) for s, d in
+                                     zip(self.graph.input_shapes, self.graph.input_dtypes)]
         self._explain_fn = _traced(self._explain, [specs, tf.TensorSpec([None], tf.int32)],
                                    jit_compile)
         self._predict_fn = _traced(self._predict, [specs])
@@ -219,6 +218,21 @@ class BaseAnalyzer(metaclass=_PerShape):
                 extra["input_batch"] = batch
             self._by_shape[key] = type(self)(*args, **{**kwargs, **extra})
         return self._by_shape[key]
+
+    def for_input(self, x) -> BaseAnalyzer:
+        """This analyzer built for the shape (and, where the graph needs it, the batch size) of
+        the inputs ``x``: :meth:`for_shape` of ``x``'s sizes; the analyzer itself unless
+        deferred."""
+        if self.__dict__.get("_deferred") is None:
+            return self
+        return self.for_shape(_shapes_of(x, self._input_names),
+                              _batch_of(x) if self._per_batch else None)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The model's input names, in the order of a relevance list (a deferred analyzer
+        knows them without building a graph)."""
+        return self.__dict__.get("_input_names") or self.graph.input_names
 
     def __getattr__(self, name: str):
         # only reached for attributes that do not exist: on a deferred analyzer, the ones the

@@ -134,7 +134,7 @@ def explain_text(task, texts, analyzer=None, target=None, composite="attn_lrp",
         targets = logits.argmax(axis=1) if target is None else \
             np.broadcast_to(np.asarray(target, np.int64), (len(logits),))
     relevance = analyzer(x, target=targets)
-    names = _input_names(analyzer)  # the order of the relevance list
+    names = analyzer.input_names  # the order of the relevance list
     token_key = "token_ids" if "token_ids" in x else names[0]
     r = relevance[names.index(token_key)] if isinstance(relevance, list) else relevance
     tokenizer = task.preprocessor.tokenizer
@@ -145,10 +145,6 @@ def explain_text(task, texts, analyzer=None, target=None, composite="attn_lrp",
                                    float(logits[i, targets[i]])))
     return out
 
-
-def _input_names(analyzer) -> list[str]:
-    """The model's input names in order (a deferred analyzer knows them without a graph)."""
-    return analyzer.__dict__.get("_input_names") or analyzer.graph.input_names
 
 
 __all__ = ["TextExplanation", "explain_text", "next_token_targets", "preprocess"]

@@ -372,6 +372,18 @@ def recorded_nodes(inputs: list, outputs: list) -> list[tuple[Any, list, list]]:
     return [(node, list(node.input_tensors), list(node.outputs)) for node in order]
 
 
+def _positional_params(op) -> list[str]:
+    """The names of ``op.call``'s positional parameters, in order (``[]`` where it has no
+    signature to read)."""
+    import inspect
+
+    try:
+        return [p.name for p in inspect.signature(op.call).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    except (TypeError, ValueError, AttributeError):
+        return []
+
+
 def input_roles(node) -> list[str]:
     """The call argument each input KerasTensor of ``node`` is passed as (``"query"``,
     ``"value"``, ``"initial_state"``, ``"mask"`` ...), in the order of its input tensors.
@@ -379,14 +391,7 @@ def input_roles(node) -> list[str]:
     Positional arguments are named by the operation's ``call`` signature (``"arg<i>"`` where it
     has none); a list argument names every tensor in it.
     """
-    import inspect
-
-    op = node.operation
-    try:
-        params = [p.name for p in inspect.signature(op.call).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
-    except (TypeError, ValueError, AttributeError):
-        params = []
+    params = _positional_params(node.operation)
     from keras.src.backend import KerasTensor
 
     roles = []
@@ -407,18 +412,12 @@ def static_kwargs(node) -> dict:
     """The call arguments of ``node`` that are not symbolic (``use_causal_mask=True``, or a
     constant ``query`` passed positionally), by name: keyword arguments, and positional ones
     named by the operation's ``call`` signature."""
-    import inspect
-
     from keras.src.backend import KerasTensor
 
     def static(v):
         return not any(isinstance(t, KerasTensor) for t in keras.tree.flatten(v))
 
-    try:
-        params = [p.name for p in inspect.signature(node.operation.call).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
-    except (TypeError, ValueError, AttributeError):
-        params = []
+    params = _positional_params(node.operation)
     out = {name: v for name, v in zip(params, node.arguments.args) if static(v)}
     out.update({k: v for k, v in node.arguments.kwargs.items() if static(v)})
     return out

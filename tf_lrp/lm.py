@@ -356,9 +356,7 @@ def explain_generation(model, prompt, max_new_tokens: int = 16, *, continuation=
         rows = [(first, stop)]
     r = analyzer.explain_outputs(x, idx[None], w[None])
     if isinstance(r, list):
-        order = analyzer.for_shape([(length,)] * len(names)).graph.input_names \
-            if getattr(analyzer, "_deferred", None) is not None else analyzer.graph.input_names
-        r = r[order.index(token_input)]
+        r = r[analyzer.input_names.index(token_input)]
     r = np.asarray(r, np.float32)[0]  # (rows, length)
     r = r.reshape(r.shape[0], length, -1).sum(-1) if r.ndim > 2 else r
     relevance = np.zeros((len(rows), total), np.float32)

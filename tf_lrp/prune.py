@@ -146,21 +146,15 @@ def _weight_gradients(model, x, targets, layers: list[str]) -> dict:
     g_kernel = {n: np.zeros(v.shape) for n, v in variables.items()}
     g_abs = {n: np.zeros(v.shape) for n, v in variables.items()}
     g_bias = {n: np.zeros(v.shape) for n, v in biases.items()}
-    for lo in range(0, len(x), 32):
-        xb = tf.convert_to_tensor(x[lo:lo + 32])
-        tb = targets[lo:lo + 32]
-        # per-sample gradients for |d y / d w|: one tape per sample
-        for i in range(len(tb)):
-            with tf.GradientTape() as tape:
-                y = model(xb[i:i + 1], training=False)
-                y = tf.reshape(y, (1, -1))[0, int(tb[i])]
-            grads = tape.gradient(y, list(variables.values()) + list(biases.values()))
-            for (n, _), g in zip(variables.items(), grads[:len(variables)]):
-                g = g.numpy()
-                g_kernel[n] += g
-                g_abs[n] += np.abs(g)
-            for (n, _), g in zip(biases.items(), grads[len(variables):]):
-                g_bias[n] += g.numpy()
+    for i, t in enumerate(targets):  # per-sample gradients for |d y / d w|: a tape each
+        with tf.GradientTape() as tape:
+            y = tf.reshape(model(x[i:i + 1], training=False), (-1,))[int(t)]
+        grads = tape.gradient(y, list(variables.values()) + list(biases.values()))
+        for n, g in zip(variables, grads[:len(variables)]):
+            g_kernel[n] += g.numpy()
+            g_abs[n] += np.abs(g.numpy())
+        for n, g in zip(biases, grads[len(variables):]):
+            g_bias[n] += g.numpy()
     return {"kernel": g_kernel, "abs": g_abs, "bias": g_bias}
 
 

@@ -50,8 +50,7 @@ class Readouts:
         masks = concepts.condition_masks(self.graph, conditions, n)
         names = tuple(sorted(masks))
         if names not in self._conditional_fns:
-            specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
-                                                                    self.graph.input_dtypes)]
+            specs = self._input_specs
             mask_specs = {name: tf.TensorSpec((None, None, masks[name].shape[2]), tf.bool)
                           for name in names}
             self._conditional_fns[names] = _traced(
@@ -144,8 +143,7 @@ class Readouts:
                              f"{idx.max()}: expected {n} samples and flat output indices in "
                              f"[0, {hi})")
         if self._seeded_fn is None:
-            specs = [tf.TensorSpec((None, *s), d) for s, d in zip(self.graph.input_shapes,
-                                                                    self.graph.input_dtypes)]
+            specs = self._input_specs
             self._seeded_fn = _traced(self._seeded, [
                 specs, tf.TensorSpec([None, None, None], tf.int32),
                 tf.TensorSpec([None, None, None], tf.float32)])

@@ -32,11 +32,7 @@ def attention_rollout(analyzer, x) -> np.ndarray:
     x
         The model's inputs, as for the analyzer.
     """
-    from tf_lrp.base import _batch_of, _shapes_of
-
-    a = analyzer
-    if a.__dict__.get("_deferred") is not None:
-        a = a.for_shape(_shapes_of(x, a._input_names), _batch_of(x) if a._per_batch else None)
+    a = analyzer.for_input(x)
     nodes = [n for n in a.graph.nodes if isinstance(n.layer, AttentionSoftmax)]
     if not nodes:
         raise ValueError("the model has no attention softmax: attention rollout needs one")

@@ -53,7 +53,11 @@ def pool(relevance: np.ndarray, grid: int = 8) -> np.ndarray:
         raise InputError(f"maps of {h}x{w} cannot be pooled to a {grid}x{grid} grid")
     bh, bw = h // grid, w // grid
     r = r[:, :bh * grid, :bw * grid].reshape(n, grid, bh, grid, bw).mean(axis=(2, 4))
-    f = r.reshape(n, -1)
+    return _shares(r.reshape(n, -1))
+
+
+def _shares(f: np.ndarray) -> np.ndarray:
+    """Each row divided by its total ``|value|`` (float32; an all-zero row stays zero)."""
     total = np.abs(f).sum(axis=1, keepdims=True)
     return np.divide(f, total, out=np.zeros_like(f), where=total > 0).astype(np.float32)
 
@@ -68,9 +72,7 @@ def concept_features(analyzer, x, layer: str, target=None, batch_size: int = 64)
         t = None if target is None else np.broadcast_to(np.asarray(target), (len(x),))[
             lo:lo + batch_size]
         parts.append(analyzer.concept_relevance(x[lo:lo + batch_size], t, layer=layer))
-    f = np.concatenate(parts).astype(np.float64)
-    total = np.abs(f).sum(axis=1, keepdims=True)
-    return np.divide(f, total, out=np.zeros_like(f), where=total > 0).astype(np.float32)
+    return _shares(np.concatenate(parts).astype(np.float64))
 
 
 @dataclass

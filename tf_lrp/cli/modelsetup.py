@@ -171,7 +171,7 @@ def _preprocessing_layer(graph) -> str | None:
     return found[0] if found else None
 
 
-def _resolve_scale(args, graph) -> tuple[str, str, bool]:
+def resolve_scale(args, graph) -> tuple[str, str, bool]:
     """``(scale, why, assumed)`` for ``--scale`` (``auto``: from the model's first layers)."""
     if args.scale != AUTO_SCALE:
         return args.scale, f"--scale {args.scale}", False
@@ -272,7 +272,7 @@ def setup_model(tf_lrp, args) -> Setup:
             raise
         except Exception as err:  # an engine bug or an exotic model: no traceback for users
             raise UsageError(f"cannot explain {args.model}: {type(err).__name__}: {err}") from err
-    scale, why, assumed = _resolve_scale(args, canonized)
+    scale, why, assumed = resolve_scale(args, canonized)
     # the guess matters where image files can be fed, or for input bounds
     assumed = assumed and (any(image_mode(tuple(s)) for s in canonized.input_shapes)
                            or _uses_bounds(tf_lrp, args))

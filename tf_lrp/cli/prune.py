@@ -61,7 +61,9 @@ def _run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from tf_lrp import prune
+    from tf_lrp import canonizers, prune
+    from tf_lrp.cli.modelsetup import resolve_scale
+    from tf_lrp.graph import build_graph
     from tf_lrp.io import load_model
     from tf_lrp.runs.inputs import InputSpec, decoded_batches
 
@@ -71,13 +73,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must name a .keras file, got {args.out!r}")
     model = load_model(args.model)
     spec = InputSpec(tuple(model.inputs[0].shape[1:]))
-    import keras
-
-    scale = args.scale
-    if scale == AUTO_SCALE:  # as tf-lrp explain: pixels 0..255 for a model that rescales them
-        first = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        scale = "0_255" if first and isinstance(
-            first[0], (keras.layers.Rescaling, keras.layers.Normalization)) else "minus1_1"
+    # image files are scaled as tf-lrp explain scales them (--scale auto: from the model's
+    # preprocessing layers)
+    scale = resolve_scale(args, canonizers.canonize(build_graph(model)))[0]
     problems: list = []
     batches = [x for _, x in decoded_batches(args.data, spec, SCALES[scale], 256, problems)]
     if problems:

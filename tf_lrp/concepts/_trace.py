@@ -120,8 +120,7 @@ def _statistics(analyzer, nodes: tuple[Node, ...], activations: tuple[int, ...],
 
 
 def _specs(analyzer) -> list[tf.TensorSpec]:
-    graph = analyzer.graph
-    return [tf.TensorSpec((None, *s), d) for s, d in zip(graph.input_shapes, graph.input_dtypes)]
+    return analyzer._input_specs
 
 
 def layer_nodes(analyzer, layers: Sequence[str]) -> list[Node]:

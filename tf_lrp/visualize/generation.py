@@ -18,11 +18,11 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from tf_lrp.storage import atomic_write
 from tf_lrp.visualize.images import save_png
 from tf_lrp.visualize.tokens import tokens_png
 
@@ -87,27 +87,28 @@ def _words(generation) -> list[str]:
     return generation.text()
 
 
+def _spans(generation) -> list[tuple[int, int]]:
+    """Per row, the generated tokens it explains as ``(first, stop)`` (one token: ``(t, t+1)``)."""
+    return [row if isinstance(row, tuple) else (row, row + 1)
+            for row in generation.rows or range(len(generation.relevance))]
+
+
 def generation_html(generation, title: str = "What the model wrote, explained") -> str:
     """The self-contained page (module docstring) as a string."""
     words = _words(generation)
     p = generation.prompt_length
-    row_of: dict[int, int] = {}
-    labels = []
-    for j, row in enumerate(generation.rows or range(len(generation.relevance))):
-        if isinstance(row, tuple):
-            row_of[p + row[1] - 1] = j
-            labels.append("generated tokens " + " ".join(words[p + row[0]:p + row[1]]))
-        else:
-            row_of[p + row] = j
-            labels.append(f"generated token {row} {words[p + row]!r}")
-    spans = []
+    spans = _spans(generation)
+    row_of = {p + stop - 1: j for j, (_, stop) in enumerate(spans)}
+    labels = [f"generated token {a} {words[p + a]!r}" if b == a + 1 else
+              "generated tokens " + " ".join(words[p + a:p + b]) for a, b in spans]
+    tags = []
     for s, w in enumerate(words):
         cls = "tok" + (" gen" if s in row_of else "") + (" prompt-end" if s == p - 1 else "")
         data = f' data-row="{row_of[s]}"' if s in row_of else ""
-        spans.append(f'<span class="{cls}" data-i="{s}"{data}>{html.escape(w)}</span>')
+        tags.append(f'<span class="{cls}" data-i="{s}"{data}>{html.escape(w)}</span>')
     matrix = json.dumps([[float(f"{v:.6g}") for v in row] for row in generation.relevance])
     return _PAGE.format(title=html.escape(title), target=html.escape(generation.target),
-                        spans="".join(spans), matrix=matrix, rows=json.dumps(labels),
+                        spans="".join(tags), matrix=matrix, rows=json.dumps(labels),
                         scores=json.dumps([float(v) for v in generation.scores]))
 
 
@@ -123,9 +124,7 @@ def matrix_png(generation, path=None, cell: int = 22) -> np.ndarray:
     top = np.abs(r).max(axis=1, keepdims=True)
     scaled = np.divide(r, top, out=np.zeros_like(r), where=top > 0)
     p = generation.prompt_length
-    row_names = [" ".join(words[p + a:p + b]) if isinstance(row, tuple) else words[p + row]
-                 for row in (generation.rows or range(len(r)))
-                 for a, b in [row if isinstance(row, tuple) else (row, row + 1)]]
+    row_names = [" ".join(words[p + a:p + b]) for a, b in _spans(generation)]
     fig, ax = plt.subplots(figsize=(max(4, cell * len(words) / 72 + 1.5),
                                     max(2, cell * len(r) / 72 + 1.5)), dpi=100)
     ax.imshow(scaled, cmap="bwr", vmin=-1, vmax=1, aspect="auto")
@@ -147,9 +146,7 @@ def matrix_png(generation, path=None, cell: int = 22) -> np.ndarray:
 
 
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda stream: stream.write(data))
 
 
 def save(generation, directory: Path) -> dict[str, Path]:
@@ -162,24 +159,17 @@ def save(generation, directory: Path) -> dict[str, Path]:
         "generation.json")}
     _write(paths["generation.html"], generation_html(generation).encode("utf-8"))
     matrix_png(generation, paths["matrix.png"])
-    lines, values = [], []
-    for j, row in enumerate(generation.rows or range(len(generation.relevance))):
-        stop = p + (row[1] - 1 if isinstance(row, tuple) else row)
-        lines.append(words[:stop])
-        values.append(generation.relevance[j, :stop])
-    tokens_png(lines, values, padding=None, path=paths["tokens.png"],
-               labels=[words[p + (row[1] - 1 if isinstance(row, tuple) else row)]
-                       for row in (generation.rows or range(len(generation.relevance)))])
+    explained = [p + stop - 1 for _, stop in _spans(generation)]  # each row's (last) token
+    tokens_png([words[:e] for e in explained],
+               [generation.relevance[j, :e] for j, e in enumerate(explained)], padding=None,
+               path=paths["tokens.png"], labels=[words[e] for e in explained])
     buffer = io.BytesIO()
     np.save(buffer, generation.relevance)
     _write(paths["relevance.npy"], buffer.getvalue())
     header = ",".join(["explained"] + [f"{s}:{w}".replace(",", ";") for s, w in
                                        enumerate(words)])
-    rows = [header] + [",".join([words[p + (row[1] - 1 if isinstance(row, tuple) else row)]
-                                 .replace(",", ";")] + [f"{v:.6g}" for v in values_row])
-                       for row, values_row in zip(generation.rows or
-                                                  range(len(generation.relevance)),
-                                                  generation.relevance)]
+    rows = [header] + [",".join([words[e].replace(",", ";")] + [f"{v:.6g}" for v in values])
+                       for e, values in zip(explained, generation.relevance)]
     _write(paths["relevance.csv"], ("\n".join(rows) + "\n").encode("utf-8"))
     meta = {"token_ids": [int(i) for i in generation.token_ids], "tokens": generation.tokens,
             "prompt_length": p, "target": generation.target,

@@ -48,8 +48,7 @@ def _png(rgb: np.ndarray) -> str:
 def _map_png(r: np.ndarray, zoom: int = 2) -> str:
     r = np.asarray(r, np.float64)
     r = r.sum(-1) if r.ndim == 3 else r
-    rgb = heatmap(r[None])[0]
-    rgb = (np.asarray(rgb) * (255 if np.asarray(rgb).max() <= 1.0 else 1)).astype(np.uint8)
+    rgb = heatmap(r[None])[0]  # uint8
     return _png(np.kron(rgb, np.ones((zoom, zoom, 1), np.uint8)))
 
 
