@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Mutation testing of tf_lrp's core modules with mutmut 2.x (not in CI: hours, not minutes).
+#
+#   python -m pip install "mutmut<3"
+#   scripts/mutation.sh                      # every module below, one after the other
+#   scripts/mutation.sh storage runs/shards  # just these (names as in MODULES)
+#   JOBS=2 scripts/mutation.sh               # two modules at a time (one core each)
+#
+# Every module runs in its own clone of HEAD under $MUTATION_DIR (mutmut rewrites the source in
+# place, so never in your checkout), against the tests that exercise it, with pytest -x so a
+# killed mutant stops at its first failing test. The runner is scripts/mutation_worker.py: a warm
+# process that has TensorFlow imported and forks one pytest run per mutant (saves ~5 s each).
+# Results: $MUTATION_DIR/<name>/summary.txt (counts) and survivors.diff (every surviving mutant);
+# benchmarks/MUTATION.md says what each survivor means.
+#
+# mutmut 3 is not usable here: it forks after running the tests in the parent and TensorFlow's
+# thread pools do not survive that (every mutant times out).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+MUTATION_DIR=${MUTATION_DIR:-/tmp/tf_lrp_mutation}
+JOBS=${JOBS:-1}
+
+# module (path under tf_lrp/) -> the tests that exercise it, fastest and most specific first
+declare -A MODULES=(
+  [storage.py]="tests/test_batch.py tests/test_io.py"
+  [runs/outputs.py]="tests/test_batch.py tests/test_cli.py"
+  [runs/shards.py]="tests/test_batch.py tests/test_cli.py"
+  [composites/files.py]="tests/test_composite_file.py tests/test_cli.py"
+  [plan.py]="tests/test_engine.py tests/test_rules.py tests/test_weightless.py"
+  [layers.py]="tests/test_effective_map.py tests/test_rules.py tests/test_engine.py tests/test_families.py"
+  [rules]="tests/test_rules.py tests/test_parameters.py tests/test_effective_map.py tests/test_conservation.py tests/test_weightless.py"
+  [weightless.py]="tests/test_weightless.py tests/test_engine.py tests/test_rules.py"
+  [recurrent.py]="tests/test_sequence.py tests/test_sequence_engine.py"
+  [attention.py]="tests/test_sequence_engine.py tests/test_sequence.py tests/test_hub_lxt.py"
+  [analyzer.py]="tests/test_engine.py tests/test_rules.py tests/test_parameters.py tests/test_concepts_engine.py"
+  [base.py]="tests/test_engine.py tests/test_baselines.py tests/test_cli.py"
+  [concepts]="tests/test_concepts_engine.py tests/test_concepts.py"
+  [evaluate]="tests/test_evaluate.py tests/test_evaluate_removal.py tests/test_evaluate_randomisation.py tests/test_evaluate_report.py"
+  [tuning]="tests/test_tune.py"
+)
+ORDER=(storage.py runs/outputs.py runs/shards.py composites/files.py plan.py layers.py rules
+       weightless.py recurrent.py attention.py analyzer.py base.py concepts evaluate tuning)
+
+one() {
+  local module=$1 name=${1//\//_}
+  local tests=${MODULES[$module]:?unknown module $module (see MODULES in $0)}
+  local dir=$MUTATION_DIR/${name%.py}
+  rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
+  find . -name __pycache__ -prune -exec rm -rf {} +
+  local sock=$dir/worker.sock
+  python scripts/mutation_worker.py serve "$sock" > worker.log 2>&1 &
+  local worker=$!
+  trap 'kill $worker 2>/dev/null || true' RETURN
+  while ! grep -q ready worker.log 2>/dev/null; do sleep 1; done
+  # shellcheck disable=SC2086
+  mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
+    --runner "python scripts/mutation_worker.py run $sock -- -x -q -p no:randomly $tests" \
+    > mutmut.log 2>&1 || true  # mutmut exits non-zero when mutants survive
+  python - "$module" <<'EOF' > summary.txt
+import sqlite3, sys
+rows = sqlite3.connect(".mutmut-cache").execute("select status, count(*) from mutant group by status")
+counts = dict(rows.fetchall())
+killed = counts.get("ok_killed", 0) + counts.get("bad_timeout", 0)
+survived = counts.get("bad_survived", 0) + counts.get("ok_suspicious", 0)
+done = killed + survived
+print(f"{sys.argv[1]}: {killed}/{done} killed ({100 * killed / max(done, 1):.1f} %), "
+      f"{survived} survived, {counts.get('untested', 0)} untested; {counts}")
+EOF
+  : > survivors.diff
+  for id in $(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))"); do
+    { echo "### mutant $id"; mutmut show "$id"; } >> survivors.diff 2>/dev/null || true
+  done
+  cat summary.txt
+}
+
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=("${ORDER[@]}")
+mkdir -p "$MUTATION_DIR"
+running=0
+for module in "${targets[@]}"; do
+  ( one "$module" ) &
+  running=$((running + 1))
+  if [ "$running" -ge "$JOBS" ]; then wait -n; running=$((running - 1)); fi
+done
+wait
