@@ -254,6 +254,10 @@ def activate(z: Array, activation: str | None) -> Array:
         return z
     if activation == "relu":
         return np.maximum(z, 0.0)
+    if activation == "tanh":
+        return np.tanh(z)
+    if activation in ("swish", "silu"):
+        return z / (1.0 + np.exp(-z))
     raise ValueError(f"unsupported activation {activation!r}")
 
 

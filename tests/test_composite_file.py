@@ -103,10 +103,39 @@ def test_every_preset_saves_and_explains_the_same(tmp_path, model, x):
         a, b = tf_lrp.Analyzer(model, loaded), tf_lrp.Analyzer(model, preset)
         assert rule_table(a) == rule_table(b), name
         np.testing.assert_allclose(a(x, 0), b(x, 0), rtol=1e-6, atol=1e-7)
-    # the attention presets (class keys of tf_lrp's own layer classes) round-trip too
-    spec = composites.to_spec(composites.AttnLRP(epsilon=0.1))
-    assert spec["classes"]["AttentionSoftmax"] == {"rule": "AttnSoftmax"}
-    assert composites.to_spec(composites.from_spec(spec)) == spec
+
+
+def test_attention_presets_save_and_explain_the_same(tmp_path):
+    """AttnLRP and CP-LRP (class keys of tf_lrp's own attention parts, list parameters) saved
+    and loaded explain like the presets; a file with other shares like the LayerMap by hand."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((5, 3))
+    a = kl.MultiHeadAttention(2, 4, value_dim=3)(inp, inp)
+    model = keras.Model(inp, kl.Dense(3)(kl.Flatten()(kl.LayerNormalization()(a))))
+    x = np.random.default_rng(4).normal(size=(3, 5, 3)).astype(np.float32)
+
+    def explain(composite):
+        return tf_lrp.Analyzer(model, composite)(x, [0, 2, 1])
+
+    for preset in (composites.AttnLRP(epsilon=0.1), composites.CPLRP(epsilon=0.05)):
+        path = composites.save(preset, tmp_path / f"{type(preset).__name__}.json")
+        want = explain(preset)
+        np.testing.assert_allclose(explain(composites.load(path)), want, rtol=1e-6,
+                                   atol=1e-6 * np.abs(want).max())
+    spec = composites.to_spec(composites.CPLRP(epsilon=0.05))
+    assert spec["classes"]["AttentionContext"]["shares"] == [0.0, 1.0]
+    spec["classes"]["AttentionContext"]["shares"] = [0.3, 0.7]
+    spec["classes"]["AttentionScores"]["shares"] = [0.8, 0.2]
+    spec["classes"]["AttentionSoftmax"] = {"rule": "AttnSoftmax"}
+    by_hand = composites.LayerMap(
+        [("AttentionContext", rules.Bilinear(0.05, (0.3, 0.7))),
+         ("AttentionScores", rules.Bilinear(0.05, (0.8, 0.2))),
+         ("AttentionSoftmax", rules.AttnSoftmax()), ("GatedProduct", rules.HeldConstant()),
+         ("LayerNormalization", rules.Epsilon(0.05))], default=rules.Epsilon(0.05))
+    want = explain(by_hand)
+    assert not np.allclose(want, explain(composites.CPLRP(epsilon=0.05)), rtol=1e-2)
+    got = explain(composites.load(composites.save(spec, tmp_path / "shares.json")))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
 def test_zbox_bounds_as_arrays(tmp_path, model, x):

@@ -134,3 +134,41 @@ def _model_bias_free():
     w = model.layers[-1].get_weights()[0]
     model.layers[-1].set_weights([np.abs(w)])
     return model, None, x
+
+
+def _depthwise_batchnorm_pair():
+    """DepthwiseConv2D(depth_multiplier=2) then a foldable BatchNormalization, and the Conv2D
+    holding the folded block-diagonal kernel ``k * s``, bias ``(b - mean) s + beta``."""
+    shape, c, m = (6, 6, 3), 3, 2
+    inp = keras.Input(shape)
+    bn = kl.BatchNormalization(epsilon=0.01)
+    z = bn(kl.DepthwiseConv2D(3, depth_multiplier=m, padding="same")(inp))
+    flat = kl.Flatten()(z)
+    model = keras.Model(inp, kl.Dense(3)(kl.Concatenate()([kl.ReLU()(flat), flat])))
+    _randomize(model, 17)
+    rng = np.random.default_rng(18)
+    gamma = np.array([1.5, -0.7, 0.4, 2.0, -1.2, 0.9])  # channel c*m + j; both signs
+    stats = [gamma, rng.normal(0, 0.5, 6), rng.normal(0, 0.5, 6), rng.uniform(0.2, 3.0, 6)]
+    bn.set_weights([v.astype("float32") for v in stats])
+    kernel, bias = model.layers[1].get_weights()
+    s = gamma / np.sqrt(stats[3] + 0.01)
+    folded = kernel * s.reshape(c, m)
+    plain = _model(lambda: kl.Conv2D(c * m, 3, padding="same"), shape)
+    plain.layers[1].set_weights([_depthwise_kernel(folded), (bias - stats[2]) * s + stats[1]])
+    plain.layers[-1].set_weights(model.layers[-1].get_weights())
+    x = np.random.default_rng(19).normal(size=(3, *shape)).astype("float32")
+    return model, plain, x
+
+
+@pytest.mark.parametrize("rule_id", ["gamma", "zbox", "alpha2beta1_bias"])
+def test_depthwise_multiplier_batchnorm_fold_is_the_effective_conv(rule_id):
+    """The fold scales output channel ``c*M + j`` of the depthwise kernel by its own BN scale:
+    the forward is Keras's, and every rule explains like the plain folded Conv2D."""
+    model, plain, x = _depthwise_batchnorm_pair()
+    np.testing.assert_allclose(model(x), plain(x), rtol=1e-5, atol=1e-5)  # the fold by hand
+    analyzer = tf_lrp.Analyzer(model, RULES[rule_id]())
+    assert any("+batch_normalization" in name for name, _, _ in analyzer.rule_table())
+    np.testing.assert_allclose(analyzer.predict(x), model(x), rtol=1e-5, atol=1e-5)
+    got = analyzer(x, target=[2, 0, 1])
+    want = tf_lrp.Analyzer(plain, RULES[rule_id]())(x, target=[2, 0, 1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

@@ -345,6 +345,28 @@ def test_headline_flags_a_lead_within_the_noise():
     assert "**A** = **B**" in lines[1]  # identical conservation: reported as a tie
 
 
+def test_headline_lead_is_paired_against_a_runner_up_with_spread():
+    """The runner-up varies from sample to sample with the leader: the lead is the mean and
+    standard error of the per-sample differences (unpaired, the spread of each method would
+    swamp it), and the runner-up is the second best by mean, not the last."""
+    def text(v):  # mean ± standard error (ddof 1), by hand
+        v = np.asarray(v, np.float64)
+        return f"{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f}"
+
+    a, b = np.array([2.0, 5.0, 3.5, 6.0]), np.array([1.5, 4.0, 3.4, 5.1])
+    c = np.array([0.0, 0.5, 0.2, 0.1])
+    dev_a, dev_b = np.array([0.1, 0.2, 0.05, 0.3]), np.array([0.12, 0.25, 0.09, 0.33])
+    results = {"c": {"aopc": c, "ratio": 1 + 2 * dev_b}, "b": {"aopc": b, "ratio": 1 - dev_b},
+               "a": {"aopc": a, "ratio": 1 + dev_a * np.array([1, -1, 1, -1])}}
+    lines = tables.headline(results, {"a": "A", "b": "B", "c": "C"})
+    assert lines[0] == (f"- AOPC (higher is better): **A** {text(a)}, ahead of B ({text(b)}) "
+                        f"by {text(a - b)} (paired per sample)")
+    assert text(a - b) == "0.625 ± 0.206"  # 3.0 se apart; unpaired, 0.5 se (no clear winner)
+    assert lines[1] == (f"- conservation, |ΣR / f(x) − 1| (lower is better): **A** {text(dev_a)}"
+                        f", ahead of B ({text(dev_b)}) by {text(dev_b - dev_a)} "
+                        "(paired per sample)")
+
+
 def test_method_names_match_the_method_table():
     assert tuple(methods._method_table()) == evaluate.METHODS
 

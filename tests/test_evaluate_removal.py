@@ -143,6 +143,39 @@ def test_irof_by_hand():
     np.testing.assert_allclose(raw.outputs[0], s / s[0], rtol=1e-12)
 
 
+def test_irof_ranks_unequal_segments_by_mean_per_image():
+    """Segments of unequal size, and images with different numbers of segments: the order is
+    by mean relevance (by sum it would differ in both images), each image on its own grid of
+    removed counts."""
+    w = np.zeros((2, 4, 4, 1))
+    labels = np.zeros((2, 4, 4), int)
+    # image 0: a 2x2 corner (4 pixels, relevance 1 each: mean 1, sum 4), the rest (12 pixels,
+    # 0.5 each: mean 0.5, sum 6) -> by mean the corner goes first
+    labels[0] = 9
+    labels[0, :2, :2] = 5
+    w[0, ..., 0] = np.where(labels[0] == 5, 1.0, 0.5)
+    # image 1: columns 0 | 1-2 | 3 with relevance -1, 0.25, 0.4 per pixel: means 0.4 > 0.25 > -1
+    # (sums 1.6 < 2): column 3, then columns 1-2, then column 0
+    labels[1] = np.array([0, 1, 1, 2])[None, :]
+    w[1, ..., 0] = np.array([-1.0, 0.25, 0.25, 0.4])[None, :]
+    x = np.ones((2, 4, 4, 1), np.float32) * np.array([1.0, 2.0])[:, None, None, None]
+
+    def predict(batch):  # s = sum w x / x: the image is told by its pixel value (1 or 2)
+        flat = batch.astype(np.float64).reshape(len(batch), -1)
+        which = np.where(flat.max(axis=1) > 1.5, 1, 0)
+        level = np.maximum(flat.max(axis=1), 1.0)
+        s = (flat * w.reshape(2, -1)[which]).sum(axis=1) / level
+        return np.stack([s, np.zeros_like(s)], axis=1)
+
+    curves = evaluate.irof(predict, x, w, 0, segments=labels, baseline=0.0)
+    # steps = 3 (the most segments); image 0 removes round(k/3 * 2) = 0, 1, 1, 2 segments
+    s = np.array([[10.0, 6.0, 6.0, 0.0], [-0.4, -2.0, -4.0, 0.0]])
+    p = 1 / (1 + np.exp(-s))
+    np.testing.assert_allclose(curves.fractions, np.arange(4) / 3)
+    np.testing.assert_allclose(curves.outputs, p / p[:, :1], rtol=1e-12)
+    np.testing.assert_allclose(curves.aopc, np.mean(1 - p / p[:, :1], axis=1), rtol=1e-12)
+
+
 def test_irof_segment_errors():
     x = np.ones((1, 4, 4, 1), np.float32)
     with pytest.raises(InputError, match="segments"):

@@ -456,3 +456,29 @@ def test_gamma_below_a_rule_that_reaches_zero_activations():
     assert names[0] in silent._silent
     want = expected("mlp", x, target, [ref.Gamma(0.5), ref.Epsilon(), ref.Epsilon()])
     ref.assert_relevance_close(silent(x, target=target), want)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "swish"])
+def test_gamma_below_an_activation_that_keeps_negatives(activation):
+    """Below tanh or swish the outputs with z < 0 keep (signed) relevance, so the generalized
+    gamma rule must compute its negative half there: per input against the reference (a sum
+    check would miss relevance moved between inputs)."""
+    keras.utils.set_random_seed(SEED)
+    with default_dtype(DTYPE):
+        inp = keras.Input((5,))
+        h = L.Dense(6, name="d1")(inp)
+        h = L.Activation("tanh" if activation == "tanh" else keras.activations.swish)(h)
+        model = keras.Model(inp, L.Dense(3, name="d2")(h))
+    model = ref.randomize_weights(model, seed=SEED + 7)
+    x = np.random.default_rng(3).normal(size=(6, 5)) * np.array([1.0, 2.5, 0.3, 1.2, 0.7])
+    w1, b1 = model.get_layer("d1").get_weights()
+    w2, b2 = model.get_layer("d2").get_weights()
+    pre = x @ w1 + b1
+    assert (pre < -0.1).sum() >= 6  # many negative outputs of the gamma layer
+    target = np.array([0, 1, 2, 2, 1, 0])
+    composite = composites.LayerMap([("d1", rules.Gamma(0.5))], default=rules.Epsilon(0.01))
+    got = tf_lrp.Analyzer(model, composite)(x, target=target)
+    chain = [ref.dense(w1, b1, activation), ref.dense(w2, b2)]
+    want = ref.lrp_chain(chain, x, lambda out: ref.start_relevance(out, target),
+                         rules=[ref.Gamma(0.5), ref.Epsilon(0.01)])
+    ref.assert_relevance_close(got, want)

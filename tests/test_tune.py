@@ -70,6 +70,38 @@ def test_search_space_blocks_are_wired_by_layer_name():
     assert "gamma_upper" not in p.params()
 
 
+def test_bounds_come_from_the_validation_split_and_reach_every_z_box(model):
+    """Without ``low``/``high``, z^B's bounds are the validation split's range: outliers seen
+    only by the test split must not move them. Given bounds (asymmetric) reach the presets and
+    the searched first layers alike; compared by relevance with the composites built by hand."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-0.4, 1.7, (12, 6, 6, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+    val, test = tuning.split_indices(12, 0.5, seed=0)  # the split tune draws
+    x[test[0], 0, 0, 0], x[test[1], 1, 1, 1] = 9.0, -6.0
+    low, high = float(x[val].min()), float(x[val].max())
+    assert -0.4 < low < -0.3 and 1.6 < high < 1.7
+    result = tuning.tune(model, x, y, budget=2, presets=("epsilon_gamma_box",), steps=4,
+                         selection="argmax")
+    np.testing.assert_array_equal(result.validation_indices, val)
+    assert result.spec["meta"]["settings"]["low"] == pytest.approx(low, rel=1e-6)
+    assert result.spec["meta"]["settings"]["high"] == pytest.approx(high, rel=1e-6)
+    probe = x[val][:3]
+
+    def same(spec, by_hand):
+        got = tf_lrp.Analyzer(model, composites.from_spec(spec))(probe, 1)
+        want = tf_lrp.Analyzer(model, by_hand)(probe, 1)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+    same(result.trials[0].spec, composites.get("epsilon_gamma_box", low=low, high=high))
+    # given bounds, in a searched point with z^B first
+    where = tuning.layout(model)
+    point = tuning.Point(0.05, "z_plus", None, "z_box")
+    spec = tuning.spec_for(point, where, low=-0.3, high=2.5)
+    same(spec, composites.LayerMap([(kl.Conv2D, rules.ZPlus())], default=rules.Epsilon(0.05),
+                                   first=rules.ZBox(-0.3, 2.5)))
+
+
 def test_split_indices():
     val, test = tuning.split_indices(10, 0.3, seed=4)
     assert len(val) == 3 and len(test) == 7

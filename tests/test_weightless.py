@@ -192,12 +192,13 @@ def test_op_nodes_lrp0_is_gradient_x_input():
 # ----------------------------------------------------------------------------- normalization
 
 
-def _layer_norm_reference(x, gamma, beta, eps_ln, R, epsilon):
+def _layer_norm_reference(x, gamma, beta, eps_ln, R, epsilon, center=True):
     """Explicit matrices: J = diag(gamma) (I - 11'/d) / sigma(x) per sample, z = J x + beta,
-    R_in = x * J' (R / (z + epsilon sign z))."""
+    R_in = x * J' (R / (z + epsilon sign z)). ``center=False``: Keras's ``rms_scaling``,
+    J = diag(gamma) / sigma(x) (sigma still the centred standard deviation), no beta."""
     d = x.shape[1]
     out = np.zeros_like(x)
-    centering = np.eye(d) - np.ones((d, d)) / d
+    centering = np.eye(d) - np.ones((d, d)) / d if center else np.eye(d)
     for n in range(x.shape[0]):
         sigma = np.sqrt(x[n].var() + eps_ln)
         J = np.diag(gamma) @ centering / sigma
@@ -231,6 +232,58 @@ def test_layer_normalization_holds_the_scale_constant():
     got = tf_lrp.Analyzer(model, rules.Zero())(x.astype("float32"), target=0)
     np.testing.assert_allclose(got.sum(1), model(x.astype("float32")).numpy()[:, 0], rtol=1e-4)
     assert y.shape == (4, 2)
+
+
+def test_rms_scaled_layer_normalization_per_input():
+    """``LayerNormalization(rms_scaling=True)``: Keras scales by the centred variance and does
+    not centre the output; each input's relevance against the explicit matrices."""
+    inp = keras.Input((5,))
+    norm = kl.LayerNormalization(epsilon=0.05, rms_scaling=True)
+    h = norm(kl.Dense(5, use_bias=False)(inp))
+    model = keras.Model(inp, kl.Dense(3, use_bias=False)(h))
+    randomize(model, 11)
+    rng = np.random.default_rng(12)
+    gamma = np.array([1.7, -0.6, 0.3, 2.2, -1.4])  # both signs, no two equal
+    norm.set_weights([gamma] + [w for w in norm.get_weights()[1:]])
+    x = (rng.normal(size=(4, 5)) + np.array([0.8, -0.3, 1.5, 0.0, 0.4])).astype("float32")
+    analyzer = tf_lrp.Analyzer(model, rules.Zero())
+    np.testing.assert_allclose(analyzer.predict(x), model(x), rtol=1e-5, atol=1e-6)
+    w1, w2 = (model.layers[i].get_weights()[0].astype("float64") for i in (1, 3))
+    h1 = x.astype("float64") @ w1
+    normed = norm(h1.astype("float32")).numpy().astype("float64")
+    r_normed = normed * w2[:, 2]  # LRP-0 on the bias-free Dense, start = y_2
+    r_h1 = _layer_norm_reference(h1, gamma, np.zeros(5), 0.05, r_normed, 1e-6, center=False)
+    want = x.astype("float64") * ((r_h1 / h1) @ w1.T)
+    got = analyzer(x, target=2)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_negative_rescaling_after_relu_is_not_nonnegative():
+    """ReLU, then ``Rescaling(-0.5, offset=0.3)``: the values reach below zero, so z+ on the next
+    layer takes their negative part too (a range marked non-negative would drop it)."""
+    inp = keras.Input((4,))
+    h = kl.Rescaling(-0.5, offset=0.3)(kl.Dense(6, activation="relu", name="d1")(inp))
+    model = keras.Model(inp, kl.Dense(3, name="d2")(h))
+    randomize(model, 13)
+    x = RNG.normal(size=(5, 4)).astype("float32")
+    composite = composites.LayerMap([("d2", rules.ZPlus())], default=rules.Epsilon(0.01))
+    analyzer = tf_lrp.Analyzer(model, composite)
+    w1, b1 = (v.astype("float64") for v in model.get_layer("d1").get_weights())
+    w2, b2 = (v.astype("float64") for v in model.get_layer("d2").get_weights())
+    a1 = np.maximum(x.astype("float64") @ w1 + b1, 0.0)
+    a2 = -0.5 * a1 + 0.3
+    assert (a2 < 0).any() and (a2 > 0).any()
+    z = a2 @ w2 + b2
+    target = np.argmax(z, axis=1)
+    start = np.zeros_like(z)
+    start[np.arange(5), target] = z[np.arange(5), target]
+    # z+ on d2 (x+ w+ and x- w-), relevance passes the Rescaling, epsilon on d1
+    ap, an, wp, wn = np.maximum(a2, 0), np.minimum(a2, 0), np.maximum(w2, 0), np.minimum(w2, 0)
+    r_a = ap * ((start / (ap @ wp + an @ wn)) @ wp.T) + an * ((start / (ap @ wp + an @ wn)) @ wn.T)
+    z1 = x.astype("float64") @ w1 + b1
+    want = x * ((r_a / (z1 + 0.01 * np.where(z1 >= 0, 1.0, -1.0))) @ w1.T)
+    np.testing.assert_allclose(analyzer(x, target=target), want, rtol=1e-4,
+                               atol=1e-6 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("make", [
