@@ -18,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,10 +46,8 @@ def serve(path: str) -> None:
     import tensorflow  # noqa: F401
 
     for optional in ("keras_hub", "sklearn.neighbors", "scipy.sparse", "matplotlib.pyplot"):
-        try:
+        with contextlib.suppress(ImportError):
             __import__(optional)
-        except ImportError:
-            pass
     if os.path.exists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
