@@ -13,7 +13,11 @@ included), on the same inputs, batch size 32:
 - ``mirrored x2``: ``--devices 2`` with two logical CPU devices (MirroredStrategy);
 - ``ray x1`` / ``ray x2``: ``--ray`` on a local Ray instance with 1 and 2 actors (actor start-up
   included: it is part of every Ray job);
-- memory: ``cli shards`` and ``cli png,npy`` over 1,000 and 20,000 32x32 PNG files.
+- memory: ``cli shards`` and ``cli png,npy`` over 1,000 and 20,000 32x32 PNG files;
+- ``--only ray-scale``: where Ray starts to pay. ``cli shards`` locally and with ``--ray``
+  (2 actors) at several numbers of samples; a line ``seconds = fixed + n * per_sample`` fitted
+  to each gives the fixed cost (Ray: starting the actors), the per-sample cost, and the number
+  of samples from which the Ray run is the faster (if its per-sample cost is the lower).
 
 The models: the shipped LeNet (32x32x1) and a VGG-16 at 64x64x3 (weights=None, 10 classes).
 """
@@ -184,9 +188,42 @@ def memory(folder: Path) -> list[tuple[str, int, dict]]:
     return rows
 
 
+RAY_SCALE = {"lenet": (1_024, 8_192, 32_768), "vgg": (32, 128, 384)}
+
+
+def ray_scale(folder: Path, name: str, model: str, shape: tuple, sizes: tuple) -> dict:
+    """Local ``cli shards`` and ``--ray`` with 2 actors at ``sizes`` samples; fitted lines."""
+    rng = np.random.default_rng(1)
+    fits = {}
+    for label, extra in (("local", {}), ("ray x2", {"actors": 2})):
+        points = []
+        for n in sizes:
+            data = folder / f"{name}-{n}.npy"
+            if not data.exists():
+                np.save(data, rng.uniform(0, 255, (n, *shape)).astype(np.float32))
+            result = run({"kind": "cli", "format": "shards", "model": model, "data": str(data),
+                          "out": str(folder / f"scale-{name}-{label}-{n}"), **extra})
+            points.append((n, result["seconds"]))
+            print(f"ray-scale {name:6s} {label:7s} n={n:6d} {result['seconds']:7.1f} s "
+                  f"({result['samples_per_s']:.1f} samples/s)", flush=True)
+        n, seconds = np.array(points, np.float64).T
+        per_sample, fixed = np.polyfit(n, seconds, 1)
+        fits[label] = {"points": points, "fixed_s": float(fixed), "per_sample_ms":
+                       float(per_sample * 1e3)}
+    local, remote = fits["local"], fits["ray x2"]
+    gain = local["per_sample_ms"] - remote["per_sample_ms"]
+    fits["break_even_samples"] = (float((remote["fixed_s"] - local["fixed_s"]) / (gain / 1e3))
+                                  if gain > 0 else None)
+    print(f"ray-scale {name}: local {local['fixed_s']:.1f} s + {local['per_sample_ms']:.3f} "
+          f"ms/sample; ray x2 {remote['fixed_s']:.1f} s + {remote['per_sample_ms']:.3f} "
+          f"ms/sample; Ray is faster from "
+          f"{fits['break_even_samples'] or float('inf'):.0f} samples on", flush=True)
+    return fits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("lenet", "vgg", "memory"))
+    parser.add_argument("--only", choices=("lenet", "vgg", "memory", "ray-scale"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -205,6 +242,10 @@ def main() -> None:
             report["vgg"] = throughput("vgg", _vgg(folder), x, folder)
         if args.only in (None, "memory"):
             report["memory"] = memory(folder)
+        if args.only in (None, "ray-scale"):
+            report["ray_scale"] = {
+                "lenet": ray_scale(folder, "lenet", str(LENET), (32, 32, 1), RAY_SCALE["lenet"]),
+                "vgg": ray_scale(folder, "vgg", _vgg(folder), (64, 64, 3), RAY_SCALE["vgg"])}
     for name in ("lenet", "vgg"):
         for label, _, ratio, cpu_ratio in report.get(name, []):
             print(f"{name:6s} {label:26s} {ratio:5.2f} x the in-process analyzer's samples/s, "

@@ -109,3 +109,64 @@ def test_cli_ray_survives_a_killed_worker(local_ray, tmp_path, capsys, monkeypat
     assert_close(saved, reference(x))
     assert [len(np.load(p)) for p in sorted((out / "shards").glob("*.npy"))] == [10] * 4
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_explain_dataset_streams_one_job_and_resumes_like_a_local_run(local_ray, tmp_path,
+                                                                      monkeypatch):
+    """Entries in several blocks run in one job (each actor starts once); a decode failure is
+    listed as skipped; ``resume=True`` redoes only the unfinished shard; a Dataset cannot
+    resume."""
+    import uuid
+
+    from tf_lrp import InputError
+
+    x = np.random.default_rng(6).uniform(0, 255, (10, 32, 32, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    log = tmp_path / "log"
+    log.mkdir()
+
+    class Logged(lrp_ray.Explainer):
+        """Leaves a file per construction and per explained entry (actors are processes)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            (log / f"init-{uuid.uuid4().hex}").touch()
+
+        def __call__(self, batch):
+            for seq, ok in zip(batch["seq"].tolist(), batch["ok"].tolist()):
+                if ok:
+                    (log / f"seq-{seq}").touch()
+            return super().__call__(batch)
+
+    monkeypatch.setattr(lrp_ray, "SPOOL_ROWS", 4)  # 11 entries: three blocks, one job
+    out = tmp_path / "out"
+    options = dict(shard_size=4, batch_size=3, actors=2, explainer=Logged,
+                   composite="epsilon_gamma_box", low=0.0, high=255.0)
+    sources = [str(tmp_path / "x.npy"), str(tmp_path / "broken.png")]
+    lrp_ray.explain_dataset(str(LENET), sources, out, **options)
+    assert len(list(log.glob("init-*"))) == 2  # as many actors as CPUs: the read still runs
+    assert sorted(int(p.name[4:]) for p in log.glob("seq-*")) == list(range(10))
+    index = pd.read_csv(out / "index.csv")
+    assert list(index["input"]) == [f"{tmp_path / 'x.npy'}[{i}]" for i in range(10)]
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert list(skipped["input"]) == [str(tmp_path / "broken.png")]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*softmax")
+        reference = Analyzer(load_model(LENET), "epsilon_gamma_box", low=0.0, high=255.0)
+    saved = np.stack([np.load(out / r.shard)[r.row] for r in index.itertuples()])
+    assert_close(saved, reference(x))
+    (out / "shards" / "shard-000001.csv").unlink()  # killed before shard 1's .csv was written
+    for p in log.iterdir():
+        p.unlink()
+    lrp_ray.explain_dataset(str(LENET), sources, out, resume=True, **options)
+    assert sorted(int(p.name[4:]) for p in log.glob("seq-*")) == [4, 5, 6, 7]
+    again = pd.read_csv(out / "index.csv")
+    assert list(again["input"]) == list(index["input"])
+    np.testing.assert_allclose(again["relevance_sum"], index["relevance_sum"], rtol=1e-5,
+                               atol=1e-5 * np.abs(index["relevance_sum"]).max())
+    assert list(pd.read_csv(out / "skipped.csv")["input"]) == [str(tmp_path / "broken.png")]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+    with pytest.raises(InputError, match=r"resume=True\) needs files"):
+        lrp_ray.explain_dataset(str(LENET), ray.data.from_numpy(x), tmp_path / "o2",
+                                resume=True)

@@ -39,12 +39,13 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "tf_lrp.ray needs Ray Data: pip install 'tf_lrp[ray]' (or pip install 'ray[data]')"
     ) from err
 
-__all__ = ["Explainer", "explain_dataset", "init", "EntryEngine"]
+__all__ = ["Explainer", "explain_dataset", "init", "EntryEngine", "Job"]
 
 #: Output columns of :class:`Explainer` (besides the columns passed through).
 COLUMNS = ("relevance", "predicted_class", "explained_class", "logit", "relevance_sum")
-#: Entries per Ray Data job of the command line (each job starts its actor pool once).
-CLI_CHUNK = 50_000
+#: Entries per block of a run's one Ray Data job (the driver puts them in the object store
+#: block by block, where they spill to disk if memory is short).
+SPOOL_ROWS = 20_000
 
 
 class Explainer:
@@ -183,7 +184,7 @@ def _explained(batch: dict[str, np.ndarray], i: int) -> int | None:
 def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_plus", *,
                     column: str | None = None, shard_size: int = 1000, batch_size: int = 32,
                     actors: int | None = None, num_gpus: float = 0.0,
-                    input_range: tuple[float, float] | None = None,
+                    input_range: tuple[float, float] | None = None, resume: bool = False,
                     explainer: type = Explainer, ray_remote_args: dict | None = None,
                     **explainer_kwargs) -> Path:
     """Read, explain and write shards in one call.
@@ -193,14 +194,23 @@ def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_pl
     model
         Path of the model file (read by every actor) or a ``keras.Model``.
     source
-        A directory, file or list of them, read with ``ray.data.read_images`` (resized to the
-        model's input size, converted to its channels) or, for ``.npy`` files,
-        ``ray.data.read_numpy``; or a ``ray.data.Dataset``.
+        Image files, ``.npy`` arrays (one sample or a batch) or directories (walked
+        recursively), one or a list: enumerated and decoded exactly as ``tf-lrp explain`` does
+        (images converted to the model's channels and size), in one streaming Ray job; or a
+        ``ray.data.Dataset`` (its ``column`` is explained as it is).
     out
         Output directory: ``shards/shard-NNNNNN.npy`` of ``shard_size`` rows and ``index.csv``
-        (see :mod:`tf_lrp.runs.shards`), rows in the order of the source.
-    composite, input_range, **explainer_kwargs
-        Passed to :class:`Explainer` (``column`` defaults to ``"image"`` or ``"data"``).
+        (see :mod:`tf_lrp.runs.shards`), rows in the order of the source; inputs that cannot
+        be decoded are listed in ``skipped.csv``.
+    composite, **explainer_kwargs
+        Passed to :class:`Explainer` (``column`` defaults to ``"image"`` for a Dataset).
+    input_range
+        The range pixel values 0..255 of image files (or ``uint8`` Dataset columns) are mapped
+        to; default: as they are (models that start with a ``Rescaling`` layer).
+    resume
+        Keep the shards a previous (killed) run into ``out`` completed and explain only the
+        rest, like ``tf-lrp explain --resume``. Needs files or directories as the source (a
+        Dataset's rows have no numbering a second run could match).
     batch_size, actors, num_gpus
         Rows per ``map_batches`` call; a fixed actor pool (default: autoscaling from 1);
         GPUs per actor.
@@ -215,15 +225,65 @@ def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_pl
     pathlib.Path
         ``out``.
     """
+    from tf_lrp.errors import InputError
+    from tf_lrp.runs.inputs import InputSpec, iter_entries
+    from tf_lrp.runs.outputs import Skipped, locked, output_dir, remove_temporaries
+    from tf_lrp.runs.shards import ShardSink
+
+    init()
+    if isinstance(source, ray.data.Dataset):
+        if resume:
+            raise InputError("explain_dataset(resume=True) needs files or directories as the "
+                             "source: the rows of a ray.data.Dataset have no numbering a second "
+                             "run could match. Pass the paths, or run without resume")
+        return _explain_rows(model, source, out, composite, column or "image", shard_size,
+                             batch_size, actors, num_gpus, input_range, explainer,
+                             ray_remote_args, explainer_kwargs)
+    shape = _input_shape(model)
+    if None in shape:
+        raise InputError(f"explain_dataset needs a model with a fixed input shape; this one "
+                         f"takes {shape}")
+    spec = InputSpec(shape)
+    paths = [str(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
+    scale = tuple(input_range) if input_range is not None else (0.0, 255.0)
+    out = output_dir(str(out))
+    with locked(out):
+        remove_temporaries(out)
+        skip = Skipped(out)
+        sink = ShardSink(out, shard_size, tuple(shape), resume, skip)
+        job = Job(shape=shape, scale=scale, batch_size=batch_size,
+                  compute=_compute(actors), num_gpus=num_gpus, explainer=explainer,
+                  explainer_kwargs={"model": model, "composite": composite, **explainer_kwargs},
+                  keep_input=False, remote_args=ray_remote_args)
+        complete = False
+        try:
+            for results in job.results(sink.plan(iter_entries(paths, spec))):
+                sink.write(results, scale)
+            complete = True
+        finally:
+            sink.close(complete)
+    if sink.explained + sink.done + skip.count == 0:
+        raise InputError(f"explain_dataset: the source {source!r} holds no inputs")
+    return out
+
+
+def _input_shape(model) -> tuple:
+    import tf_lrp
+
+    loaded = tf_lrp.load_model(model) if isinstance(model, (str, Path)) else model
+    return tuple(loaded.input_shape[1:])
+
+
+def _explain_rows(model, dataset, out, composite, column, shard_size, batch_size, actors,
+                  num_gpus, input_range, explainer, ray_remote_args, explainer_kwargs) -> Path:
+    """A ``ray.data.Dataset``: its ``column`` explained as it is, rows numbered in order."""
     from tf_lrp.runs.inputs import Entry
     from tf_lrp.runs.outputs import Result, Skipped, output_dir
     from tf_lrp.runs.shards import ShardSink
 
-    init()
     out = output_dir(str(out))
     sink, seq = None, itertools.count()
     with _ordered():  # a Dataset keeps the DataContext it was created in
-        dataset, column = _read(model, source, column)
         dataset = dataset.map_batches(
             explainer, fn_constructor_kwargs={"model": model, "composite": composite,
                                               "column": column, "input_range": input_range,
@@ -241,34 +301,9 @@ def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_pl
                                       _explained(batch, i), float(batch["logit"][i])))
             sink.write(results, (0.0, 255.0))
     if sink is None:
-        raise ValueError(f"explain_dataset: the source {source!r} holds no rows")
+        raise ValueError(f"explain_dataset: the source {dataset!r} holds no rows")
     sink.close()
     return out
-
-
-def _read(model, source, column: str | None):
-    if isinstance(source, ray.data.Dataset):
-        return source, column or "image"
-    paths = [str(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
-    if all(p.lower().endswith(".npy") for p in paths):
-        return ray.data.read_numpy(paths, include_paths=True), column or "data"
-    import tf_lrp
-
-    shape = tf_lrp.load_model(model).input_shape[1:] if isinstance(model, (str, Path)) \
-        else model.input_shape[1:]
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(shape[-1]) if len(shape) == 3 else "L"
-    size = tuple(shape[:2]) if None not in shape[:2] else None
-    ds = ray.data.read_images(paths, include_paths=True, size=size, mode=mode)
-    if len(shape) == 3 and shape[-1] == 1:
-        ds = ds.map_batches(_add_channel, batch_format="numpy")
-    return ds, column or "image"
-
-
-def _add_channel(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    image = batch["image"]
-    if image.ndim == 3:
-        batch["image"] = image[..., None]
-    return batch
 
 
 # ------------------------------------------------------------------ the command line
@@ -295,13 +330,120 @@ def _decode(batch: dict[str, np.ndarray], shape: Sequence[int],
             "ok": np.array([not p for p in problems])}
 
 
-class EntryEngine:
-    """``tf-lrp explain --ray``: entries decoded in Ray tasks and explained by an actor pool;
-    results come back in input order to the driver, which writes them like a local run.
+class Job:
+    """One streaming Ray Data job over a run's entries; results come back to the driver in
+    input order, each entry exactly once.
 
-    The entries are submitted in jobs of :data:`CLI_CHUNK` (the driver holds one job's list);
-    each job starts its actor pool once.
+    The driver enumerates the entries into Arrow blocks of :data:`SPOOL_ROWS` rows in Ray's
+    object store (spilled to disk when memory is short; the driver keeps only their
+    references), and one job runs over them: decoding in Ray tasks, explaining in an actor
+    pool that starts once. To put the results in order the driver reads the blocks back one at
+    a time.
     """
+
+    def __init__(self, *, shape: Sequence[int], scale: tuple[float, float],
+                 batch_size: int, compute, num_gpus: float, explainer: type,
+                 explainer_kwargs: dict, keep_input: bool, remote_args: dict | None = None):
+        self.shape, self.scale = tuple(shape), scale
+        self.batch_size, self.compute, self.num_gpus = batch_size, compute, num_gpus
+        self.explainer, self.explainer_kwargs = explainer, explainer_kwargs
+        self.keep_input, self.remote_args = keep_input, remote_args or {}
+
+    def results(self, entries: Iterable) -> Iterator[list]:
+        blocks = _spool(entries)
+        if not blocks:
+            return
+        keep = self.keep_input
+        with _ordered():  # a Dataset keeps the DataContext it was created in
+            ds = ray.data.from_arrow_refs(blocks).map_batches(
+                _decode, fn_kwargs={"shape": list(self.shape), "scale": self.scale},
+                batch_size=self.batch_size, batch_format="numpy")
+            ds = ds.map_batches(
+                self.explainer,
+                fn_constructor_kwargs={**self.explainer_kwargs, "column": "x",
+                                       "valid_column": "ok", "keep_input": keep},
+                batch_size=self.batch_size, batch_format="numpy", compute=self.compute,
+                num_gpus=self.num_gpus or None, **self.remote_args)
+            yield from _in_order(_spooled(blocks), (_rows(batch, keep) for batch in
+                                                    ds.iter_batches(batch_size=None,
+                                                                    batch_format="numpy")))
+
+
+_SPOOL_COLUMNS = ("seq", "name", "path", "index", "problem", "explain")
+
+
+def _spool(entries: Iterable) -> list:
+    """Put ``entries`` in the object store as Arrow tables of :data:`SPOOL_ROWS` rows; return
+    their references."""
+    import pyarrow as pa
+
+    blocks = []
+    it = iter(entries)
+    while chunk := list(itertools.islice(it, SPOOL_ROWS)):
+        blocks.append(ray.put(pa.table({
+            "seq": pa.array([e.seq for e in chunk], pa.int64()),
+            "name": [e.name for e in chunk], "path": [e.path for e in chunk],
+            "index": pa.array([e.index for e in chunk], pa.int64()),
+            "problem": [e.problem or "" for e in chunk],
+            "explain": pa.array([e.explain for e in chunk], pa.bool_())})))
+    return blocks
+
+
+def _spooled(blocks: Sequence) -> Iterator:
+    """The entries of the blocks, in order, one block in memory at a time."""
+    from tf_lrp.runs.inputs import Entry
+
+    for ref in blocks:
+        columns = ray.get(ref).to_pydict()
+        for seq, name, path, index, problem, explain in zip(
+                *(columns[c] for c in _SPOOL_COLUMNS)):
+            yield Entry(seq, name, path, index, problem or None, explain)
+
+
+def _rows(batch: dict[str, np.ndarray], keep: bool) -> list[tuple[int, dict]]:
+    rows = []
+    for i, seq in enumerate(batch["seq"].tolist()):
+        problem = str(batch["problem"][i]) or None
+        rows.append((seq, {"problem": problem} if problem else {
+            "x": batch["x"][i] if keep else None, "relevance": batch["relevance"][i],
+            "predicted": int(batch["predicted_class"][i]),
+            "explained": _explained(batch, i), "logit": float(batch["logit"][i])}))
+    return rows
+
+
+def _in_order(entries: Iterable, batches: Iterable[list[tuple[int, dict]]]) -> Iterator[list]:
+    """Results in the order of ``entries``, whatever order Ray returns them in (a retried task
+    may come back late); each entry exactly once, or an error (never silently)."""
+    from tf_lrp.runs.outputs import Result
+
+    waiting: dict[int, dict] = {}
+    expected = iter(entries)
+    entry = next(expected, None)
+    for rows in batches:
+        for seq, fields in rows:
+            if seq in waiting:
+                raise RuntimeError(f"Ray returned entry {seq} twice")
+            waiting[seq] = fields
+        ready = []
+        while entry is not None and entry.seq in waiting:
+            fields = waiting.pop(entry.seq)
+            if not entry.explain:
+                fields["relevance"] = None
+            ready.append(Result(entry, **fields))
+            entry = next(expected, None)
+        if ready:
+            yield ready
+    if entry is not None or waiting:
+        missing = 1 + sum(1 for _ in expected) if entry is not None else 0
+        example = entry.label if entry is not None else f"entry {min(waiting)}"
+        raise RuntimeError(f"Ray returned no result for {missing} input(s) ({len(waiting)} "
+                           f"unexpected), e.g. {example}; run again with --resume")
+
+
+class EntryEngine:
+    """``tf-lrp explain --ray``: the run's entries in one streaming :class:`Job` (decoded in Ray
+    tasks, explained by an actor pool that starts once); results come back in input order to
+    the driver, which writes them like a local run."""
 
     def __init__(self, args, setup, spec, *, scale: tuple[float, float], output):
         """``args``: the run's options (the ``tf-lrp explain`` namespace); ``scale``: the pixel
@@ -313,73 +455,13 @@ class EntryEngine:
         self.address = args.ray
 
     def results(self, entries: Iterable) -> Iterator[list]:
-        from tf_lrp.runs.inputs import Entry
-
         init(self.address)
-        scale = self.scale
-        it = iter(entries)
-        while True:
-            chunk: list[Entry] = list(itertools.islice(it, CLI_CHUNK))
-            if not chunk:
-                return
-            yield from self._job(chunk, scale)
-
-    def _job(self, chunk, scale) -> Iterator[list]:
-        items = [{"seq": e.seq, "path": e.path, "index": e.index, "problem": e.problem or ""}
-                 for e in chunk]
         args = self.args
-        keep = args.format != "shards"  # per-sample PNGs overlay the input
-        with _ordered():  # a Dataset keeps the DataContext it was created in
-            ds = ray.data.from_items(items).map_batches(
-                _decode, fn_kwargs={"shape": list(self.spec.shape), "scale": scale},
-                batch_size=args.batch_size, batch_format="numpy")
-            ds = ds.map_batches(
-                Explainer,
-                fn_constructor_kwargs={
-                    "model": str(args.model), "composite": self.setup.composite,
-                    "column": "x", "target": args.target, "start": args.start,
-                    "output": self.output, "valid_column": "ok",
-                    "keep_input": keep, "safe_mode": not args.allow_lambda},
-                batch_size=args.batch_size, batch_format="numpy",
-                compute=_compute(args.ray_actors), num_gpus=args.ray_gpus or None)
-            yield from _in_order(chunk, (self._results(batch, keep) for batch in
-                                         ds.iter_batches(batch_size=None, batch_format="numpy")))
-
-    @staticmethod
-    def _results(batch: dict[str, np.ndarray], keep: bool) -> list[tuple[int, dict]]:
-        rows = []
-        for i, seq in enumerate(batch["seq"].tolist()):
-            problem = str(batch["problem"][i]) or None
-            rows.append((seq, {"problem": problem} if problem else {
-                "x": batch["x"][i] if keep else None, "relevance": batch["relevance"][i],
-                "predicted": int(batch["predicted_class"][i]),
-                "explained": _explained(batch, i), "logit": float(batch["logit"][i])}))
-        return rows
-
-
-def _in_order(chunk: list, batches: Iterable[list[tuple[int, dict]]]) -> Iterator[list]:
-    """Results in the order of ``chunk``, whatever order Ray returns them in (a retried task
-    may come back late); each row exactly once."""
-    from tf_lrp.runs.outputs import Result
-
-    waiting: dict[int, dict] = {}
-    position = 0
-    for rows in batches:
-        for seq, fields in rows:
-            if seq in waiting:
-                raise RuntimeError(f"Ray returned entry {seq} twice")
-            waiting[seq] = fields
-        ready = []
-        while position < len(chunk) and chunk[position].seq in waiting:
-            entry = chunk[position]
-            fields = waiting.pop(entry.seq)
-            if not entry.explain:
-                fields["relevance"] = None
-            ready.append(Result(entry, **fields))
-            position += 1
-        if ready:
-            yield ready
-    if position < len(chunk) or waiting:  # never silently
-        missing = chunk[position].label if position < len(chunk) else "?"
-        raise RuntimeError(f"Ray returned no result for {len(chunk) - position} input(s), "
-                           f"e.g. {missing}; run again with --resume")
+        job = Job(shape=self.spec.shape, scale=self.scale,
+                  batch_size=args.batch_size, compute=_compute(args.ray_actors),
+                  num_gpus=args.ray_gpus, explainer=Explainer,
+                  explainer_kwargs={"model": str(args.model), "composite": self.setup.composite,
+                                    "target": args.target, "start": args.start,
+                                    "output": self.output, "safe_mode": not args.allow_lambda},
+                  keep_input=args.format != "shards")  # per-sample PNGs overlay the input
+        yield from job.results(entries)
