@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Mutation testing of tf_lrp's core modules with mutmut 2.x (not in CI: hours, not minutes).
 #
-#   python -m pip install "mutmut<3"
+#   python -m pip install "mutmut<3" pytest-cov
 #   scripts/mutation.sh                      # every module below, one after the other
-#   scripts/mutation.sh storage runs/shards  # just these (names as in MODULES)
+#   scripts/mutation.sh storage.py runs/shards.py  # just these (keys of MODULES)
 #   JOBS=2 scripts/mutation.sh               # two modules at a time (one core each)
+#   RESUME=1 scripts/mutation.sh rules       # continue a run (its clone pulls HEAD; mutants
+#                                            # that survived are tried again on new tests)
 #
 # Every module runs in its own clone of HEAD under $MUTATION_DIR (mutmut rewrites the source in
 # place, so never in your checkout), against the tests that exercise it, with pytest -x so a
 # killed mutant stops at its first failing test. The runner is scripts/mutation_worker.py: a warm
-# process that has TensorFlow imported and forks one pytest run per mutant (saves ~5 s each).
+# process that has TensorFlow imported and forks one pytest run per mutant (saves ~5 s each),
+# narrowed to the tests that execute the mutated statement (a coverage run with per-test
+# contexts first; a statement no test executes survives without a run).
 # Results: $MUTATION_DIR/<name>/summary.txt (counts) and survivors.diff (every surviving mutant);
 # benchmarks/MUTATION.md says what each survivor means.
 #
@@ -46,26 +50,37 @@ one() {
   local module=$1 name=${1//\//_}
   local tests=${MODULES[$module]:?unknown module $module (see MODULES in $0)}
   local dir=$MUTATION_DIR/${name%.py}
-  rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
+  if [ -n "${RESUME:-}" ] && [ -d "$dir/.git" ]; then
+    cd "$dir" && git checkout -q -- . && git pull -q "$REPO" HEAD
+  else
+    rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
+  fi
   find . -name __pycache__ -prune -exec rm -rf {} +
+  # which tests execute which statements (pytest-cov, one context per test)
+  # shellcheck disable=SC2086
+  python -m pytest -q -p no:randomly --cov=tf_lrp --cov-context=test --cov-report= $tests \
+    > coverage.log 2>&1 || true
+  python -m coverage json -q --show-contexts -o coverage.json
   local sock=$dir/worker.sock
-  python scripts/mutation_worker.py serve "$sock" > worker.log 2>&1 &
+  python "$REPO/scripts/mutation_worker.py" serve "$sock" --coverage coverage.json \
+    > worker.log 2>&1 &
   local worker=$!
   trap 'kill $worker 2>/dev/null || true' RETURN
   while ! grep -q ready worker.log 2>/dev/null; do sleep 1; done
   # shellcheck disable=SC2086
   mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
-    --runner "python scripts/mutation_worker.py run $sock -- -x -q -p no:randomly $tests" \
+    --runner "python $REPO/scripts/mutation_worker.py run $sock -- -x -q -p no:randomly $tests" \
     > mutmut.log 2>&1 || true  # mutmut exits non-zero when mutants survive
   python - "$module" <<'EOF' > summary.txt
 import sqlite3, sys
 rows = sqlite3.connect(".mutmut-cache").execute("select status, count(*) from mutant group by status")
 counts = dict(rows.fetchall())
-killed = counts.get("ok_killed", 0) + counts.get("bad_timeout", 0)
+killed = counts.get("ok_killed", 0)
 survived = counts.get("bad_survived", 0) + counts.get("ok_suspicious", 0)
-done = killed + survived
-print(f"{sys.argv[1]}: {killed}/{done} killed ({100 * killed / max(done, 1):.1f} %), "
-      f"{survived} survived, {counts.get('untested', 0)} untested; {counts}")
+timeouts = counts.get("bad_timeout", 0)  # a mutant that hangs is caught, but look at each
+done = killed + survived + timeouts
+print(f"{sys.argv[1]}: {killed + timeouts}/{done} killed ({100 * (killed + timeouts) / max(done, 1):.1f} %; "
+      f"{timeouts} by timeout), {survived} survived, {counts.get('untested', 0)} untested")
 EOF
   : > survivors.diff
   for id in $(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))"); do

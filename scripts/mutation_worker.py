@@ -10,26 +10,91 @@ mutmut 3 forks too, but after running the tests once in the parent (TensorFlow's
 not survive a fork, so every mutant timed out); here the parent has only imported modules, which
 forks cleanly.
 
+With ``--coverage COVERAGE_JSON`` (``coverage json --show-contexts`` of a pytest-cov run with
+``--cov-context=test``) each run is narrowed to the tests that execute the mutated statement:
+the server reads the mutation off ``git diff`` of the checkout, maps each changed line to the
+first line of its innermost statement, and runs the tests whose context covers it. A statement
+only executed at import (module constants, signatures, decorators) keeps every test; one that
+no test executes keeps none (the mutant survives at once: no test can see it).
+
 Usage::
 
-    python scripts/mutation_worker.py serve SOCKET          # in the background
+    python scripts/mutation_worker.py serve SOCKET [--coverage coverage.json]   # background
     python scripts/mutation_worker.py run SOCKET -- -x -q tests/test_rules.py
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 
 #: a run that takes longer is stopped and counts as a failure (a mutant that loops forever)
 RUN_TIMEOUT_S = 300
 
 
-def serve(path: str) -> None:
+class CoverageMap:
+    """Which tests execute each statement of the checkout's modules (from coverage contexts)."""
+
+    def __init__(self, path: str):
+        with open(path, encoding="utf-8") as stream:
+            files = json.load(stream)["files"]
+        self.lines: dict[str, dict[int, set[str]]] = {}
+        for name, data in files.items():
+            per_line: dict[int, set[str]] = {}
+            for line, contexts in data.get("contexts", {}).items():
+                tests = {c.split("|")[0] for c in contexts}
+                per_line[int(line)] = {t for t in tests if t} | ({""} if "" in tests else set())
+            self.lines[os.path.normpath(name)] = per_line
+        self._statements: dict[str, list[tuple[int, int]]] = {}
+
+    def _statement(self, name: str, line: int) -> int:
+        """The first line of the innermost statement spanning ``line`` (of the original file)."""
+        if name not in self._statements:
+            source = subprocess.run(["git", "show", f"HEAD:{name}"], capture_output=True,
+                                    text=True, check=True).stdout
+            self._statements[name] = [(node.lineno, node.end_lineno or node.lineno)
+                                      for node in ast.walk(ast.parse(source))
+                                      if isinstance(node, ast.stmt)]
+        spans = [s for s in self._statements[name] if s[0] <= line <= s[1]]
+        return max(spans)[0] if spans else line
+
+    def select(self, args: list[str]) -> list[str] | None:
+        """``args`` with the test paths replaced by the tests covering the mutation, or
+        ``None`` when no test executes it. Unchanged when the mutation cannot be located."""
+        diff = subprocess.run(["git", "diff", "-U0", "--", "tf_lrp"], capture_output=True,
+                              text=True, check=False).stdout
+        changed: list[tuple[str, int]] = []
+        name = None
+        for row in diff.splitlines():
+            if row.startswith("--- a/"):
+                name = os.path.normpath(row[6:])
+            hunk = re.match(r"^@@ -(\d+)(?:,(\d+))? \+", row)
+            if hunk and name:
+                start, count = int(hunk.group(1)), int(hunk.group(2) or 1)
+                changed += [(name, start + i) for i in range(max(count, 1))]
+        if not changed or any(n not in self.lines for n, _ in changed):
+            return args
+        tests: set[str] = set()
+        for n, line in changed:
+            tests |= self.lines[n].get(self._statement(n, line), set())
+        if "" in tests:  # executed at import: any test may see it
+            return args
+        if not tests:
+            return None
+        options = [a for a in args if a.startswith("-")]
+        paths = [a for a in args if not a.startswith("-")]
+        order = {p: i for i, p in enumerate(paths)}  # the given files' order, then by name
+        return options + sorted(tests, key=lambda t: (order.get(t.split("::")[0], len(order)), t))
+
+
+def serve(path: str, coverage: str | None = None) -> None:
     """Import the heavy dependencies once, then fork one pytest run per request."""
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     sys.dont_write_bytecode = True
@@ -53,11 +118,17 @@ def serve(path: str) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(1)
+    tests = CoverageMap(coverage) if coverage else None
     print(f"mutation worker ready on {path}", flush=True)
     while True:
         conn, _ = server.accept()
         with conn:
             args = json.loads(conn.makefile("r").readline())
+            if tests is not None:
+                args = tests.select(args)
+                if args is None:  # no test executes the mutated statement
+                    conn.sendall(b"0\n")
+                    continue
             pid = os.fork()
             if pid == 0:
                 server.close()
@@ -87,7 +158,8 @@ def run(path: str, args: list[str]) -> int:
 if __name__ == "__main__":
     command, sock = sys.argv[1], sys.argv[2]
     if command == "serve":
-        serve(sock)
+        rest = sys.argv[3:]
+        serve(sock, rest[1] if rest[:1] == ["--coverage"] else None)
     elif command == "run":
         rest = sys.argv[3:]
         sys.exit(run(sock, rest[1:] if rest[:1] == ["--"] else rest))

@@ -9,6 +9,7 @@ float32 kernels).
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -152,6 +153,22 @@ def test_shards_index_and_skipped(store, analyzer, tmp_path, capsys):
     assert [r["input"] for r in skipped] == [str(store / "b" / "broken.png")]
     assert "cannot be read as an image" in skipped[0]["reason"]
     assert not temporaries(out)
+    # the shard's own .csv (what --resume rebuilds the index from): the documented columns,
+    # the skipped input as a row with only its label and reason
+    with open(out / "shards" / "shard-000001.csv", newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert rows[0] == ["input", "row", "predicted_class", "explained_class", "logit",
+                       "relevance_sum", "error"]
+    broken = [r for r in rows if r[0].endswith("broken.png")]
+    assert len(broken) == 1 and broken[0][1:6] == ["", "", "", "", ""]
+    assert "cannot be read as an image" in broken[0][6]
+    # every shard is a version 1.0 .npy whose data starts at byte 256, 64-byte aligned
+    for path in shards:
+        raw = path.read_bytes()[:256]
+        assert raw[:8] == b"\x93NUMPY\x01\x00" and raw[255:256] == b"\n"
+        assert int.from_bytes(raw[8:10], "little") + 10 == 256
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    assert manifest == {"shard_size": 7, "sample_shape": [32, 32, 1], "version": 1}
 
 
 def test_shard_resume_redoes_only_unfinished_shards(store, tmp_path, capsys):
@@ -329,3 +346,22 @@ def test_sigkill_then_resume_shards(killed, capsys, analyzer):
     saved = np.stack([np.load(out / index["shard"][i], mmap_mode="r")[index["row"][i]]
                       for i in check])
     assert_close(saved, analyzer(x[check]))
+
+
+def test_shard_header_and_a_relevance_of_the_wrong_shape(tmp_path):
+    from tf_lrp.runs import shards
+    from tf_lrp.runs.common import UsageError
+    from tf_lrp.runs.inputs import Entry
+    from tf_lrp.runs.outputs import Result, Skipped
+
+    data = np.arange(30, dtype=np.float32).reshape(5, 3, 2)
+    (tmp_path / "h.npy").write_bytes(shards.npy_header((5, 3, 2)) + data.tobytes())
+    np.testing.assert_array_equal(np.load(tmp_path / "h.npy"), data)
+    with pytest.raises(ValueError, match="sample shape .* is too long for a shard header"):
+        shards.npy_header((1,) * 80)
+    sink = shards.ShardSink(tmp_path, 4, (3, 2), False, Skipped(tmp_path))
+    result = Result(Entry(0, "a_0", "a.npy", 0), None, np.zeros((2, 3)), 1, None, 0.5)
+    with pytest.raises(UsageError, match=r"the relevance of a\.npy\[0\] has shape \(2, 3\), "
+                                             r"not the shard's \(3, 2\)"):
+        sink.write([result], (0.0, 255.0))
+    sink.close(False)
