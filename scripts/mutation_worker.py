@@ -88,8 +88,8 @@ class CoverageMap:
             return args
         if not tests:
             return None
-        options = [a for a in args if a.startswith("-")]
-        paths = [a for a in args if not a.startswith("-")]
+        paths = [a for a in args if a.endswith(".py") or "::" in a]
+        options = [a for a in args if a not in paths]  # with their values (-p no:x)
         order = {p: i for i, p in enumerate(paths)}  # the given files' order, then by name
         return options + sorted(tests, key=lambda t: (order.get(t.split("::")[0], len(order)), t))
 
@@ -124,26 +124,31 @@ def serve(path: str, coverage: str | None = None) -> None:
         conn, _ = server.accept()
         with conn:
             args = json.loads(conn.makefile("r").readline())
-            if tests is not None:
-                args = tests.select(args)
-                if args is None:  # no test executes the mutated statement
-                    conn.sendall(b"0\n")
-                    continue
-            pid = os.fork()
-            if pid == 0:
-                server.close()
-                conn.close()
-                signal.alarm(RUN_TIMEOUT_S)
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 1)
-                os.dup2(devnull, 2)
-                import pytest
-
-                code = int(pytest.main(args))
-                os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(status)
+            narrowed = args if tests is None else tests.select(args)
+            if narrowed is None:  # no test executes the mutated statement
+                conn.sendall(b"0\n")
+                continue
+            code = _forked_pytest(server, conn, narrowed)
+            if narrowed is not args and code not in (0, 1):  # a bad selection, not a kill
+                code = _forked_pytest(server, conn, args)
             conn.sendall(f"{code}\n".encode())
+
+
+def _forked_pytest(server: socket.socket, conn: socket.socket, args: list[str]) -> int:
+    """pytest's exit code for ``args`` in a forked child (0 passed, 1 failed, other: trouble)."""
+    pid = os.fork()
+    if pid == 0:
+        server.close()
+        conn.close()
+        signal.alarm(RUN_TIMEOUT_S)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        import pytest
+
+        os._exit(int(pytest.main(args)))
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def run(path: str, args: list[str]) -> int:
