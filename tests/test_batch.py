@@ -365,3 +365,61 @@ def test_shard_header_and_a_relevance_of_the_wrong_shape(tmp_path):
                                              r"not the shard's \(3, 2\)"):
         sink.write([result], (0.0, 255.0))
     sink.close(False)
+
+
+def test_sync_files_one_syncfs_or_an_fsync_per_file(tmp_path, monkeypatch):
+    """Durability is not visible without a power cut, so the calls are checked: one syncfs of
+    the output's file system on Linux; where it is missing or fails, an fsync of every file
+    (each its own); directories fsynced, missing ones passed over; temporaries counted."""
+    paths = [tmp_path / f"f{i}" for i in range(3)]
+    for p in paths:
+        p.write_bytes(b"x")
+    if sys.platform.startswith("linux"):
+        assert cli_outputs._SYNCFS is not None
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            assert cli_outputs._libc_syncfs()(fd) == 0
+        finally:
+            os.close(fd)
+    synced, fsynced = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(os.fstat(fd).st_ino),
+                                                 real_fsync(fd)))
+    inodes = [p.stat().st_ino for p in paths]
+    for syncfs, want_syncfs, want_fsync in (
+            (lambda fd: synced.append(os.fstat(fd).st_ino) or 0, 1, []),  # syncfs works
+            (lambda fd: synced.append(os.fstat(fd).st_ino) or -1, 1, inodes),  # it fails
+            (None, 0, inodes)):  # not on this platform
+        synced.clear()
+        fsynced.clear()
+        monkeypatch.setattr(cli_outputs, "_SYNCFS", syncfs)
+        cli_outputs.sync_files(paths, tmp_path)
+        assert synced == [tmp_path.stat().st_ino] * want_syncfs and fsynced == want_fsync
+        cli_outputs.sync_files([], tmp_path)
+        assert len(synced) == want_syncfs and fsynced == want_fsync  # nothing to sync
+    fsynced.clear()
+    cli_outputs.sync_directories([tmp_path / "missing", tmp_path])
+    assert fsynced == [tmp_path.stat().st_ino]
+    (tmp_path / ".f0.0123456789abcdef.tmp").write_bytes(b"half")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".g.fedcba9876543210.tmp").write_bytes(b"half")
+    assert cli_outputs.remove_temporaries(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f0", "f1", "f2", "sub"]
+
+
+def test_output_dir_made_with_its_parents_or_refused_whole(tmp_path, capsys, pixels):
+    from tf_lrp.runs.common import UsageError
+
+    made = cli_outputs.output_dir(str(tmp_path / "a" / "b"))
+    assert made == tmp_path / "a" / "b" and made.is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"^--out .*/file exists and is not a directory$"):
+        cli_outputs.output_dir(str(tmp_path / "file"))
+    with pytest.raises(UsageError, match=r"^cannot create the output directory .*/file/sub: "):
+        cli_outputs.output_dir(str(tmp_path / "file" / "sub"))
+    np.save(tmp_path / "x.npy", pixels[:1])
+    out = tmp_path / "out"
+    with cli_outputs.locked(cli_outputs.output_dir(str(out))):
+        code, _, err = run(capsys, "explain", LENET, tmp_path / "x.npy", "--out", out, "-q")
+    assert code == 2 and err.strip().endswith(
+        f"another tf-lrp explain is writing to {out}; wait for it to end or choose another --out")
