@@ -5,8 +5,6 @@
 #   scripts/mutation.sh                      # every module below, one after the other
 #   scripts/mutation.sh storage.py runs/shards.py  # just these (keys of MODULES)
 #   JOBS=2 scripts/mutation.sh               # two modules at a time (one core each)
-#   RESUME=1 scripts/mutation.sh rules       # continue a run (its clone pulls HEAD; mutants
-#                                            # that survived are tried again on new tests)
 #
 # Every module runs in its own clone of HEAD under $MUTATION_DIR (mutmut rewrites the source in
 # place, so never in your checkout), against the tests that exercise it, with pytest -x so a
@@ -50,11 +48,8 @@ one() {
   local module=$1 name=${1//\//_}
   local tests=${MODULES[$module]:?unknown module $module (see MODULES in $0)}
   local dir=$MUTATION_DIR/${name%.py}
-  if [ -n "${RESUME:-}" ] && [ -d "$dir/.git" ]; then
-    cd "$dir" && git checkout -q -- . && git pull -q "$REPO" HEAD
-  else
-    rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
-  fi
+  # always a fresh clone: mutmut 2's cache does not survive a run stopped midway
+  rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
   find . -name __pycache__ -prune -exec rm -rf {} +
   # which tests execute which statements (pytest-cov, one context per test)
   # shellcheck disable=SC2086
