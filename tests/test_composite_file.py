@@ -177,6 +177,10 @@ def edited(**changes):
      r'layers\["c2"\].gamma: expected a finite number, got \'big\''),
     (edited(layers={"c2": {"rule": "Gamma", "gamma": -0.5}}),
      r'layers\["c2"\].gamma: must be >= 0, got -0.5'),
+    (edited(default={"rule": "Epsilon", "epsilon": -0.1}), r"default.epsilon: must be >= 0"),
+    (edited(default={"rule": "Gamma", "stabilizer": -1e-3}), r"default.stabilizer: must be >= 0"),
+    (edited(default={"rule": "W-Square"}), r"unknown rule 'W-Square' \(rules are named by class: "
+                                           r"'WSquare'\)"),
     (edited(default={"rule": "Epsilon", "bias": 1}), r"default.bias: expected true or false"),
     (edited(layers={"c4": {"rule": "AlphaBeta", "alpha": 1.0, "beta": 1.0}}),
      r'layers\["c4"\]: AlphaBeta needs alpha - beta = 1'),
