@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 from pathlib import Path
 
 
@@ -61,13 +63,24 @@ def main() -> None:
     root = Path(args.directory)
     if args.survivors:
         clone = root / args.survivors
-        for mutant, _, status, number, _line in module_rows(clone):
+        rows = module_rows(clone)
+        # ``mutmut show`` rewrites the cache's lines from the file as it is on disk: on a run
+        # in progress (a mutant in place) that breaks the run, so it reads a copy
+        copy = Path(tempfile.mkdtemp())
+        shutil.copy(clone / ".mutmut-cache", copy / ".mutmut-cache")
+        for name in {name for _, name, _, _, _ in rows}:
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).write_text(subprocess.run(
+                ["git", "show", f"HEAD:{name}"], cwd=clone, text=True, capture_output=True,
+                check=True).stdout)
+        for mutant, _, status, number, _line in rows:
             if status in ("bad_survived", "ok_suspicious"):
-                diff = subprocess.run(["mutmut", "show", str(mutant)], cwd=clone, text=True,
+                diff = subprocess.run(["mutmut", "show", str(mutant)], cwd=copy, text=True,
                                       capture_output=True, check=False).stdout
                 changed = [d for d in diff.splitlines() if d[:1] in "+-" and d[:3] not in
                            ("+++", "---")]
                 print(f"{mutant:5d} line {number + 1}: " + " | ".join(changed))
+        shutil.rmtree(copy)
         return
     print("| module | mutants | tested | killed | survived: message text | survived: other | "
           "score | score without message text |")
