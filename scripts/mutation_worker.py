@@ -54,16 +54,31 @@ class CoverageMap:
             self.lines[os.path.normpath(name)] = per_line
         self._statements: dict[str, list[tuple[int, int]]] = {}
 
-    def _statement(self, name: str, line: int) -> int:
-        """The first line of the innermost statement spanning ``line`` (of the original file)."""
+    def _statement(self, name: str, line: int) -> int | None:
+        """The first line of the innermost statement spanning ``line`` (of the original file),
+        or ``None`` where that statement runs at import: outside any function body (module and
+        class level, a ``def``'s signature and decorators). Coverage credits an import to the
+        test that happened to import the module first, so those keep every test."""
         if name not in self._statements:
             source = subprocess.run(["git", "show", f"HEAD:{name}"], capture_output=True,
                                     text=True, check=True).stdout
-            self._statements[name] = [(node.lineno, node.end_lineno or node.lineno)
-                                      for node in ast.walk(ast.parse(source))
-                                      if isinstance(node, ast.stmt)]
-        spans = [s for s in self._statements[name] if s[0] <= line <= s[1]]
-        return max(spans)[0] if spans else line
+            spans: list[tuple[int, int, bool]] = []
+
+            def visit(node: ast.AST, in_function: bool) -> None:
+                # statements below a def run when it is called (its header at import)
+                inside = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                for child in ast.iter_child_nodes(node):
+                    if isinstance(child, ast.stmt):
+                        spans.append((child.lineno, child.end_lineno or child.lineno, inside))
+                    visit(child, inside)
+
+            visit(ast.parse(source), False)
+            self._statements[name] = spans
+        found = [s for s in self._statements[name] if s[0] <= line <= s[1]]
+        if not found:
+            return None
+        start, _, in_function = max(found)
+        return start if in_function else None
 
     def select(self, args: list[str]) -> list[str] | None:
         """``args`` with the test paths replaced by the tests covering the mutation, or
@@ -83,7 +98,10 @@ class CoverageMap:
             return args
         tests: set[str] = set()
         for n, line in changed:
-            tests |= self.lines[n].get(self._statement(n, line), set())
+            start = self._statement(n, line)
+            if start is None:  # runs at import
+                return args
+            tests |= self.lines[n].get(start, set())
         if "" in tests:  # executed at import: any test may see it
             return args
         if not tests:
