@@ -36,7 +36,7 @@ def _rule_classes() -> dict[str, type]:
 def _rule_parameters(cls: type) -> dict[str, inspect.Parameter]:
     if cls.__init__ is rules.BasicRule.__init__:  # WSquare, Flat: no parameters of their own
         return {}
-    return dict(inspect.signature(cls, eval_str=True).parameters)
+    return dict(inspect.signature(cls).parameters)
 
 
 def _rule_text(cls: type) -> str:
