@@ -407,6 +407,16 @@ def test_sync_files_one_syncfs_or_an_fsync_per_file(tmp_path, monkeypatch):
     (tmp_path / "sub" / ".g.fedcba9876543210.tmp").write_bytes(b"half")
     assert cli_outputs.remove_temporaries(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["f0", "f1", "f2", "sub"]
+    # what atomic_write leaves when killed is what remove_temporaries removes; the file it
+    # writes has the mode any new file gets (0o666 less the umask)
+    from tf_lrp import storage
+
+    temp = storage.temp_path(tmp_path / "a.npy")
+    assert temp.parent == tmp_path and cli_outputs.TEMP_PATTERN.match(temp.name)
+    storage.atomic_write(tmp_path / "a.npy", lambda stream: stream.write(b"data"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.npy").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_output_dir_made_with_its_parents_or_refused_whole(tmp_path, capsys, pixels):
