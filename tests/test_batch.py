@@ -189,7 +189,9 @@ def test_shard_resume_redoes_only_unfinished_shards(store, tmp_path, capsys):
     code, stdout, _ = run(capsys, *argv[:-1], "--resume")
     # the broken file, skipped in shard 1 by the first run, still counts (and is listed)
     assert code == 1 and "10 explained, 14 already done, 1 skipped" in stdout
-    assert len(read_rows(out / "skipped.csv")) == 1
+    skipped = read_rows(out / "skipped.csv")  # rebuilt from the shards' .csv files
+    assert [r["input"] for r in skipped] == [str(store / "b" / "broken.png")]
+    assert skipped[0]["reason"].startswith("cannot be read as an image")
     after = {p.name: p.stat().st_mtime_ns for p in shard.iterdir()}
     unchanged = {n for n in mtimes if mtimes[n] == after.get(n)}
     assert {f"shard-00000{k}.{e}" for k in (0, 1) for e in ("npy", "csv")} <= unchanged

@@ -160,7 +160,7 @@ def edited(**changes):
 @pytest.mark.parametrize("content, message", [
     ("{not json", r"not a composite file: invalid JSON at line 1, column 2"),
     ("[1, 2]", r"holds a JSON object, got list"),
-    (edited(format="keras"), r'expected "format": "tf_lrp.composite"'),
+    (edited(format="keras"), r'expected "format": "tf_lrp.composite", got \'keras\''),
     (edited(format=None), r'expected "format": "tf_lrp.composite", got None'),
     (edited(version=2), r"version 2 is not supported: this tf_lrp reads version 1"),
     (edited(rules={}), r"unknown key 'rules'; the keys of a composite file: format, version"),
@@ -241,3 +241,34 @@ def test_cli_composite_file_options(tmp_path, capsys, model, x):
     bad = write(tmp_path / "bad.json", edited(version=3))
     assert cli.main(base + ["--composite-file", bad]) == 2
     assert "version 3 is not supported" in capsys.readouterr().err
+
+
+def test_edge_values_copies_and_names(tmp_path, model, x):
+    """epsilon 0 and low == high are allowed; the composite keeps its own copy of the spec (a
+    later edit of the dict, or of what to_spec returns, changes nothing); a file composite's
+    repr names its file; a name mapped before any class saves; a LayerMap subclass with its own
+    rule_for does not; errors of an object without a file say "composite file"."""
+    spec = {"format": "tf_lrp.composite", "version": 1,
+            "first": {"rule": "ZBox", "low": [[[-1.0, 0.5]]], "high": [[[1.0, 0.5]]]},
+            "layers": {"c2": {"rule": "Gamma", "gamma": 0.5}},
+            "default": {"rule": "Epsilon", "epsilon": 0}}
+    composite = composites.from_spec(spec)
+    want = tf_lrp.Analyzer(model, composite)(x, 1)
+    spec["layers"]["c2"]["gamma"] = 9.0
+    composites.to_spec(composite)["layers"]["c2"]["gamma"] = 7.0
+    np.testing.assert_array_equal(tf_lrp.Analyzer(model, composite)(x, 1), want)
+    assert composite.spec["layers"]["c2"]["gamma"] == 0.5
+    path = composites.save(composite, tmp_path / "edge.json")
+    assert repr(composites.load(path)).startswith(f"FileComposite({str(path)!r}: first=ZBox(")
+    assert repr(composite).startswith("FileComposite(first=ZBox(")
+    names_first = composites.LayerMap([("c1", rules.Flat()), (kl.Dense, rules.Zero())])
+    assert composites.to_spec(names_first)["layers"] == {"c1": {"rule": "Flat"}}
+
+    class Mine(composites.LayerMap):
+        def rule_for(self, layer, **kwargs):
+            return rules.Zero()
+
+    with pytest.raises(InputError, match="cannot be written as a composite file"):
+        composites.save(Mine(default=rules.Zero()), tmp_path / "mine.json")
+    with pytest.raises(InputError, match=r"^composite file: unknown key 'rules'"):
+        composites.from_spec({**SPEC, "rules": {}})
