@@ -5,6 +5,7 @@
 #   scripts/mutation.sh                      # every module below, one after the other
 #   scripts/mutation.sh storage.py runs/shards.py  # just these (keys of MODULES)
 #   JOBS=2 scripts/mutation.sh               # two modules at a time (one core each)
+#   RECHECK=1 scripts/mutation.sh rules      # a finished run's survivors against HEAD's tests
 #
 # Every module runs in its own clone of HEAD under $MUTATION_DIR (mutmut rewrites the source in
 # place, so never in your checkout), against the tests that exercise it, with pytest -x so a
@@ -48,8 +49,15 @@ one() {
   local module=$1 name=${1//\//_}
   local tests=${MODULES[$module]:?unknown module $module (see MODULES in $0)}
   local dir=$MUTATION_DIR/${name%.py}
-  # always a fresh clone: mutmut 2's cache does not survive a run stopped midway
-  rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
+  local only=""
+  if [ -n "${RECHECK:-}" ]; then
+    # the source as it was mutated, the tests of HEAD; only the survivors are run again
+    cd "$dir" && git fetch -q "$REPO" HEAD && git checkout -q FETCH_HEAD -- tests
+    only=$(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))")
+  else
+    # always a fresh clone: mutmut 2's cache does not survive a run stopped midway
+    rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
+  fi
   find . -name __pycache__ -prune -exec rm -rf {} +
   # which tests execute which statements (pytest-cov, one context per test)
   # shellcheck disable=SC2086
@@ -62,10 +70,16 @@ one() {
   local worker=$!
   trap 'kill $worker 2>/dev/null || true' RETURN
   while ! grep -q ready worker.log 2>/dev/null; do sleep 1; done
-  # shellcheck disable=SC2086
-  mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
-    --runner "python $REPO/scripts/mutation_worker.py run $sock -- -x -q -p no:randomly $tests" \
-    > mutmut.log 2>&1 || true  # mutmut exits non-zero when mutants survive
+  local runner="python $REPO/scripts/mutation_worker.py run $sock -- -x -q -p no:randomly $tests"
+  if [ -n "$only" ]; then
+    for id in $only; do  # mutmut exits non-zero when a mutant survives
+      mutmut run "$id" --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
+        --runner "$runner" >> mutmut.log 2>&1 || true
+    done
+  elif [ -z "${RECHECK:-}" ]; then
+    mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
+      --runner "$runner" > mutmut.log 2>&1 || true
+  fi
   python - "$module" <<'EOF' > summary.txt
 import sqlite3, sys
 rows = sqlite3.connect(".mutmut-cache").execute("select status, count(*) from mutant group by status")
