@@ -52,12 +52,17 @@ one() {
   local only=""
   if [ -n "${RECHECK:-}" ]; then
     # the source as it was mutated, the tests of HEAD; only the survivors are run again
-    cd "$dir" && git fetch -q "$REPO" HEAD && git checkout -q FETCH_HEAD -- tests
+    cd "$dir" || return 1
+    git fetch -q "$REPO" HEAD && git checkout -q FETCH_HEAD -- tests
     only=$(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))")
   else
     # always a fresh clone: mutmut 2's cache does not survive a run stopped midway
-    rm -rf "$dir" && git clone -q "$REPO" "$dir" && cd "$dir"
+    rm -rf "$dir"
+    git clone -q "$REPO" "$dir" || { echo "$module: cannot clone into $dir"; return 1; }
+    cd "$dir" || return 1
   fi
+  # mutmut rewrites sources in place: never anywhere but in the clone
+  [ "$(pwd -P)" = "$(cd "$dir" && pwd -P)" ] || { echo "$module: not in $dir"; return 1; }
   find . -name __pycache__ -prune -exec rm -rf {} +
   # which tests execute which statements (pytest-cov, one context per test)
   # shellcheck disable=SC2086
