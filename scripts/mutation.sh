@@ -12,7 +12,7 @@
 # killed mutant stops at its first failing test. The runner is scripts/mutation_worker.py: a warm
 # process that has TensorFlow imported and forks one pytest run per mutant (saves ~5 s each),
 # narrowed to the tests that execute the mutated statement (a coverage run with per-test
-# contexts first; a statement no test executes survives without a run).
+# contexts first; statements run at import or unseen by coverage keep every test).
 # Results: $MUTATION_DIR/<name>/summary.txt (counts) and survivors.diff (every surviving mutant);
 # benchmarks/MUTATION.md says what each survivor means.
 #
