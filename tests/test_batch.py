@@ -184,18 +184,20 @@ def test_shard_resume_redoes_only_unfinished_shards(store, tmp_path, capsys):
     # and a shard whose .npy holds fewer rows than its .csv lists (a file that lies): redone
     np.save(shard / "shard-000003.npy", np.load(shard / "shard-000003.npy")[:-1])
     mtimes.pop("shard-000003.npy")
+    (shard / "shard-000000.npy").write_bytes(b"\x93NUMPY garbage")  # unreadable: redone
+    mtimes.pop("shard-000000.npy")
     with open(out / "index.csv", "a") as stream:
         stream.write("half a row")  # an index append cut short
     code, stdout, _ = run(capsys, *argv[:-1], "--resume")
     # the broken file, skipped in shard 1 by the first run, still counts (and is listed)
-    assert code == 1 and "10 explained, 14 already done, 1 skipped" in stdout
+    assert code == 1 and "17 explained, 7 already done, 1 skipped" in stdout
     skipped = read_rows(out / "skipped.csv")  # rebuilt from the shards' .csv files
     assert [r["input"] for r in skipped] == [str(store / "b" / "broken.png")]
     assert skipped[0]["reason"].startswith("cannot be read as an image")
     after = {p.name: p.stat().st_mtime_ns for p in shard.iterdir()}
     unchanged = {n for n in mtimes if mtimes[n] == after.get(n)}
-    assert {f"shard-00000{k}.{e}" for k in (0, 1) for e in ("npy", "csv")} <= unchanged
-    assert not {"shard-000002.npy", "shard-000003.csv"} & unchanged
+    assert {"shard-000001.npy", "shard-000001.csv"} <= unchanged
+    assert not {"shard-000000.csv", "shard-000002.npy", "shard-000003.csv"} & unchanged
     assert np.load(shard / "shard-000003.npy").shape[0] == 3
     assert not temporaries(out)
     index_after = pd.read_csv(out / "index.csv")  # rebuilt: the cut row is gone
