@@ -409,8 +409,11 @@ def test_sync_files_one_syncfs_or_an_fsync_per_file(tmp_path, monkeypatch):
     (tmp_path / ".f0.0123456789abcdef.tmp").write_bytes(b"half")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / ".g.fedcba9876543210.tmp").write_bytes(b"half")
+    (tmp_path / ".hidden").mkdir()  # not ours: hidden directories are not entered
+    (tmp_path / ".hidden" / ".h.0123456789abcdef.tmp").write_bytes(b"theirs")
     assert cli_outputs.remove_temporaries(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f0", "f1", "f2", "sub"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        ".h.0123456789abcdef.tmp", ".hidden", "f0", "f1", "f2", "sub"]
     # what atomic_write leaves when killed is what remove_temporaries removes; the file it
     # writes has the mode any new file gets (0o666 less the umask)
     from tf_lrp import storage
