@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -128,8 +129,9 @@ def test_shards_index_and_skipped(store, analyzer, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, err = run(capsys, "explain", LENET, store, "--out", out, "--format", "shards",
                             "--shard-size", "7", "--batch-size", "5")
-    assert code == 1 and "skipped" in err and "broken.png" in err
-    assert "23 explained, 0 already done, 1 skipped" in stdout and "samples/s" in stdout
+    assert code == 1 and re.search(r"^tf-lrp: skipped .*broken\.png: cannot be read as an image",
+                                   err, re.M)
+    assert "tf-lrp: 23 explained, 0 already done, 1 skipped" in stdout and "samples/s" in stdout
     index = pd.read_csv(out / "index.csv")  # pandas reads it in one line
     assert list(index.columns) == list(cli.INDEX_COLUMNS)
     expected = store_inputs(store, analyzer)
@@ -190,7 +192,7 @@ def test_shard_resume_redoes_only_unfinished_shards(store, tmp_path, capsys):
         stream.write("half a row")  # an index append cut short
     code, stdout, _ = run(capsys, *argv[:-1], "--resume")
     # the broken file, skipped in shard 1 by the first run, still counts (and is listed)
-    assert code == 1 and "17 explained, 7 already done, 1 skipped" in stdout
+    assert code == 1 and "tf-lrp: 17 explained, 7 already done, 1 skipped" in stdout
     skipped = read_rows(out / "skipped.csv")  # rebuilt from the shards' .csv files
     assert [r["input"] for r in skipped] == [str(store / "b" / "broken.png")]
     assert skipped[0]["reason"].startswith("cannot be read as an image")
@@ -208,7 +210,7 @@ def test_shard_resume_redoes_only_unfinished_shards(store, tmp_path, capsys):
                                    atol=1e-5 * np.abs(index_before[column]).max())
     # without --resume everything is redone
     code, stdout, _ = run(capsys, *argv[:-1])
-    assert code == 1 and "23 explained, 0 already done, 1 skipped" in stdout
+    assert code == 1 and "tf-lrp: 23 explained, 0 already done, 1 skipped" in stdout
     # another shard size cannot resume these shards
     code, _, err = run(capsys, *argv[:-3], "--shard-size", "5", "--resume", "-q")
     assert code == 2 and err.strip().endswith(
@@ -220,7 +222,7 @@ def test_per_sample_files_mirror_the_tree(store, tmp_path, capsys, analyzer):
     out = tmp_path / "files"
     code, stdout, _ = run(capsys, "explain", LENET, store / "b", store / "a" / "s00.npy",
                           "--out", out, "--format", "npy")
-    assert code == 1 and "6 explained, 0 already done, 1 skipped" in stdout
+    assert code == 1 and "tf-lrp: 6 explained, 0 already done, 1 skipped" in stdout
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == \
         [f"deep/s{i:02d}.npy" for i in range(5, 10)] + ["s00.npy"]
     assert not list(out.rglob("*.png"))
@@ -442,3 +444,17 @@ def test_output_dir_made_with_its_parents_or_refused_whole(tmp_path, capsys, pix
         code, _, err = run(capsys, "explain", LENET, tmp_path / "x.npy", "--out", out, "-q")
     assert code == 2 and err.strip().endswith(
         f"another tf-lrp explain is writing to {out}; wait for it to end or choose another --out")
+
+
+def test_skipped_counts_every_input_and_start_all_is_written_as_all(tmp_path, capsys, pixels):
+    skip = cli_outputs.Skipped(tmp_path)
+    skip("a.png", "first reason")
+    skip("b.png", "second reason", record=False)  # counted, listed by its shard instead
+    assert skip.count == 2 and skip.rows == [("a.png", "first reason")]
+    np.save(tmp_path / "x.npy", pixels[:3])
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "explain", LENET, tmp_path / "x.npy", "--out", out,
+                          "--format", "shards", "--start", "all")
+    assert code == 0 and "tf-lrp: 3 explained, 0 already done, 0 skipped" in stdout
+    index = pd.read_csv(out / "index.csv")
+    assert list(index["explained_class"]) == ["all"] * 3

@@ -186,7 +186,7 @@ def test_resume_skips_finished_samples(digits_run, tmp_path, capsys, inputs):
     (out / f"{half_done}.png").unlink()  # its .npy alone does not count as done
     code, stdout, _ = run(capsys, "explain", MLP, DIGITS, inputs / "batch.npy",
                           inputs / "single.npy", "--out", out, "--resume")
-    assert code == 0 and "1 explained, 9 already done, 0 skipped" in stdout
+    assert code == 0 and "tf-lrp: 1 explained, 9 already done, 0 skipped" in stdout
     after = outputs(out)
     assert {n for n in before if before[n] != after.get(n)} == {f"{half_done}.png",
                                                                 f"{half_done}.npy"}
@@ -195,7 +195,7 @@ def test_resume_skips_finished_samples(digits_run, tmp_path, capsys, inputs):
     # a second resume run over part of the inputs touches nothing and keeps every row
     before = after
     code, stdout, err = run(capsys, "explain", MLP, DIGITS, "--out", out, "--resume")
-    assert code == 0 and "0 explained, 6 already done" in stdout and "skipped:" not in err
+    assert code == 0 and "tf-lrp: 0 explained, 6 already done" in stdout and "skipped:" not in err
     assert outputs(out) == before
     assert read_summary(out) == rows_before
 
@@ -229,7 +229,7 @@ def test_rerun_recomputes_without_resume_and_skips_with_it(tmp_path, capsys, mlp
     # the same directory again, another target and composite, no --resume: all recomputed
     code, stdout, _ = run(capsys, "explain", MLP, *sources, "--out", out, "--target", "5",
                           "--composite", "epsilon_gamma_box")
-    assert code == 0 and "2 explained, 0 already done" in stdout
+    assert code == 0 and "tf-lrp: 2 explained, 0 already done" in stdout
     with pytest.warns(UserWarning, match="softmax"):
         expected = Analyzer(mlp, "epsilon_gamma_box", low=0.0, high=255.0)(x, target=5)
     for i, name in enumerate(names):
@@ -243,7 +243,7 @@ def test_rerun_recomputes_without_resume_and_skips_with_it(tmp_path, capsys, mlp
     # with --resume (and yet another target) the finished samples are left alone
     code, stdout, _ = run(capsys, "explain", MLP, *sources, "--out", out, "--target", "7",
                           "--resume")
-    assert code == 0 and "0 explained, 2 already done" in stdout
+    assert code == 0 and "tf-lrp: 0 explained, 2 already done" in stdout
     assert outputs(out) == before
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".npy")} \
         == contents
@@ -267,7 +267,7 @@ def test_interrupted_run_leaves_complete_files(tmp_path, capsys, monkeypatch):
     assert [r["input"] for r in read_summary(out)] == [p.stem for p in PNGS[:2]]
     monkeypatch.undo()
     code, stdout, _ = run(capsys, "explain", MLP, DIGITS, "--out", out, "--resume")
-    assert code == 0 and "4 explained, 2 already done" in stdout
+    assert code == 0 and "tf-lrp: 4 explained, 2 already done" in stdout
     assert [r["input"] for r in read_summary(out)] == [p.stem for p in PNGS]
 
 

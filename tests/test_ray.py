@@ -98,7 +98,7 @@ def test_cli_ray_survives_a_killed_worker(local_ray, tmp_path, capsys, monkeypat
                      "--format", "shards", "--shard-size", "10", "--batch-size", "8", "--ray",
                      "--ray-actors", "1", "--composite", "epsilon_gamma_box"])
     stdout = capsys.readouterr().out
-    assert code == 0 and "40 explained, 0 already done, 0 skipped" in stdout
+    assert code == 0 and "tf-lrp: 40 explained, 0 already done, 0 skipped" in stdout
     assert os.path.exists(marker)  # the worker really died once
     index = pd.read_csv(out / "index.csv")
     assert list(index["input"]) == [f"{tmp_path / 'x.npy'}[{i}]" for i in range(40)]
