@@ -458,3 +458,30 @@ def test_skipped_counts_every_input_and_start_all_is_written_as_all(tmp_path, ca
     assert code == 0 and "tf-lrp: 3 explained, 0 already done, 0 skipped" in stdout
     index = pd.read_csv(out / "index.csv")
     assert list(index["explained_class"]) == ["all"] * 3
+
+
+def test_progress_on_a_log_counts_and_estimates(capsys, monkeypatch):
+    """Not a terminal: a line per ``log_seconds`` with the samples so far, the total counted
+    in the background and the ETA; quiet: nothing, and the total is not counted."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    counted = []
+    progress = cli_outputs.Progress(lambda: counted.append(1) or 10, quiet=False, log_seconds=0)
+    for _ in range(100):  # the count runs in a thread
+        if progress.total is not None:
+            break
+        time.sleep(0.01)
+    assert progress.bar.disable and progress.total == 10 and counted == [1]
+    progress.update(4)
+    progress.update(2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert [re.sub(r"ETA \S+ \(.*", "ETA", line) for line in lines] == [
+        "tf-lrp: 4 samples of 10, ETA", "tf-lrp: 6 samples of 10, ETA"]
+    assert progress.close() >= 0
+    quiet = cli_outputs.Progress(lambda: counted.append(2) or 10, quiet=True, log_seconds=0)
+    quiet.update(3)
+    time.sleep(0.05)
+    assert quiet.n == 3 and quiet.total is None and counted == [1]
+    assert capsys.readouterr().err == ""
+    slow = cli_outputs.Progress(None, quiet=False)  # the default: a line a minute at most
+    slow.update(1)
+    assert slow.log_seconds == 60.0 and capsys.readouterr().err == ""
