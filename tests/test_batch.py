@@ -208,6 +208,10 @@ def test_shard_resume_redoes_only_unfinished_shards(store, tmp_path, capsys):
     for column in ("logit", "relevance_sum"):  # shard 2 was explained in other batches
         np.testing.assert_allclose(index_after[column], index_before[column], rtol=1e-5,
                                    atol=1e-5 * np.abs(index_before[column]).max())
+    # resuming a finished run changes nothing
+    code, stdout, _ = run(capsys, *argv[:-1], "--resume")
+    assert code == 1 and "tf-lrp: 0 explained, 24 already done, 1 skipped" in stdout
+    pd.testing.assert_frame_equal(pd.read_csv(out / "index.csv"), index_after)
     # without --resume everything is redone
     code, stdout, _ = run(capsys, *argv[:-1])
     assert code == 1 and "tf-lrp: 23 explained, 0 already done, 1 skipped" in stdout
