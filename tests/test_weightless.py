@@ -435,3 +435,39 @@ def test_resampling_is_a_copy_or_a_linear_map(resample):
         uu = U @ x[n]
         expected = x[n] * (U.T @ (uu * v[:, t] / uu))
         np.testing.assert_allclose(r[n], expected, rtol=1e-4, atol=1e-5)
+
+
+class _ScaledMatmul(kl.Layer):
+    """A custom layer with a weight, written with keras.ops: ``relu(x @ k) * 2``."""
+
+    def build(self, shape):
+        self.k = self.add_weight(shape=(shape[-1], 3), initializer="random_normal")
+
+    def call(self, x):
+        return ops.relu(ops.matmul(x, self.k)) * 2.0
+
+
+def test_custom_layer_with_a_weight_explains_like_its_parts_under_a_default_rule():
+    """A composite's default rule is for layers with weights tf_lrp knows: a custom layer
+    written with keras.ops is still flattened into its parts (not kept whole and refused), and
+    explains like the same map built from plain layers."""
+    inp = keras.Input((5,))
+    custom = keras.Model(inp, kl.Dense(2, name="out")(_ScaledMatmul(name="scaled")(inp)))
+    randomize(custom, 21)
+    custom.get_layer("scaled").set_weights([RNG.normal(0, 0.6, (5, 3)).astype("float32")])
+    plain_in = keras.Input((5,))
+    h = kl.Rescaling(2.0)(kl.Dense(3, use_bias=False, activation="relu", name="d")(plain_in))
+    plain = keras.Model(plain_in, kl.Dense(2, name="out")(h))
+    plain.get_layer("d").set_weights(custom.get_layer("scaled").get_weights())
+    plain.get_layer("out").set_weights(custom.get_layer("out").get_weights())
+    x = RNG.normal(size=(4, 5)).astype("float32")
+    composite = composites.LayerMap([("out", rules.Epsilon(0.1))], default=rules.Zero())
+    analyzer = tf_lrp.Analyzer(custom, composite)
+    assert [name for name, _, _ in analyzer.rule_table()][:2] == ["scaled/matmul", "scaled/relu"]
+    # a first-layer rule does not keep it whole either (its weighted op is LRP-0 by design)
+    with_first = composites.LayerMap([], default=rules.Zero(), first=rules.ZBox(-3.0, 2.5))
+    assert [row[::2] for row in tf_lrp.Analyzer(custom, with_first).rule_table()][:2] == [
+        ("scaled/matmul", "Zero()"), ("scaled/relu", "Pass()")]
+    want = tf_lrp.Analyzer(plain, composite)(x, target=1)
+    np.testing.assert_allclose(analyzer(x, target=1), want, rtol=1e-5,
+                               atol=1e-6 * np.abs(want).max())
