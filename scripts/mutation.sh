@@ -6,6 +6,7 @@
 #   scripts/mutation.sh storage.py runs/shards.py  # just these (keys of MODULES)
 #   JOBS=2 scripts/mutation.sh               # two modules at a time (one core each)
 #   RECHECK=1 scripts/mutation.sh rules      # a finished run's survivors against HEAD's tests
+#                                            # (RECHECK_IDS="12 40": just these mutants)
 #
 # Every module runs in its own clone of HEAD under $MUTATION_DIR (mutmut rewrites the source in
 # place, so never in your checkout), against the tests that exercise it, with pytest -x so a
@@ -54,7 +55,7 @@ one() {
     # the source as it was mutated, the tests of HEAD; only the survivors are run again
     cd "$dir" || return 1
     git fetch -q "$REPO" HEAD && git checkout -q FETCH_HEAD -- tests
-    only=$(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))")
+    only=${RECHECK_IDS:-$(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))")}
   else
     # always a fresh clone: mutmut 2's cache does not survive a run stopped midway
     rm -rf "$dir"
