@@ -489,3 +489,32 @@ def test_progress_on_a_log_counts_and_estimates(capsys, monkeypatch):
     slow = cli_outputs.Progress(None, quiet=False)  # the default: a line a minute at most
     slow.update(1)
     assert slow.log_seconds == 60.0 and capsys.readouterr().err == ""
+
+
+def test_progress_rate_and_eta_on_a_clock(capsys, monkeypatch):
+    """With a controlled clock: a line when ``log_seconds`` have passed (not before), the rate
+    since the start, the ETA of the rest; without a total, no ETA; on a terminal the bar gets
+    the total."""
+    now = [0.0]
+    monkeypatch.setattr(cli_outputs.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    progress = cli_outputs.Progress(None, quiet=False, log_seconds=2.0)
+    progress.total = 10  # as the counting thread sets it
+    for t, n in ((2.0, 4), (4.0, 2), (5.0, 1)):
+        now[0] = t
+        progress.update(n)
+    assert [line for line in capsys.readouterr().err.splitlines() if line] == [
+        "tf-lrp: 4 samples of 10, ETA 00:00:03 (2.0 samples/s)",
+        "tf-lrp: 6 samples of 10, ETA 00:00:02 (1.5 samples/s)"]
+    untold = cli_outputs.Progress(None, quiet=False, log_seconds=0.0)
+    now[0] = 11.0  # it started at 5.0
+    untold.update(3)
+    assert capsys.readouterr().err.strip() == "tf-lrp: 3 samples (0.5 samples/s)"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = cli_outputs.Progress(lambda: 12, quiet=False)
+    for _ in range(100):
+        if bar.total is not None:
+            break
+        time.sleep(0.01)
+    assert not bar.bar.disable and bar.bar.total == 12
+    bar.close()
