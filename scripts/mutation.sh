@@ -5,8 +5,6 @@
 #   scripts/mutation.sh                      # every module below, one after the other
 #   scripts/mutation.sh storage.py runs/shards.py  # just these (keys of MODULES)
 #   JOBS=2 scripts/mutation.sh               # two modules at a time (one core each)
-#   RECHECK=1 scripts/mutation.sh rules      # a finished run's survivors against HEAD's tests
-#                                            # (RECHECK_IDS="12 40": just these mutants)
 #
 # Every module runs in its own clone of HEAD under $MUTATION_DIR (mutmut rewrites the source in
 # place, so never in your checkout), against the tests that exercise it, with pytest -x so a
@@ -50,18 +48,10 @@ one() {
   local module=$1 name=${1//\//_}
   local tests=${MODULES[$module]:?unknown module $module (see MODULES in $0)}
   local dir=$MUTATION_DIR/${name%.py}
-  local only=""
-  if [ -n "${RECHECK:-}" ]; then
-    # the source as it was mutated, the tests of HEAD; only the survivors are run again
-    cd "$dir" || return 1
-    git fetch -q "$REPO" HEAD && git checkout -q FETCH_HEAD -- tests
-    only=${RECHECK_IDS:-$(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))")}
-  else
-    # always a fresh clone: mutmut 2's cache does not survive a run stopped midway
-    rm -rf "$dir"
-    git clone -q "$REPO" "$dir" || { echo "$module: cannot clone into $dir"; return 1; }
-    cd "$dir" || return 1
-  fi
+  # always a fresh clone: mutmut 2's cache does not survive a run stopped midway
+  rm -rf "$dir"
+  git clone -q "$REPO" "$dir" || { echo "$module: cannot clone into $dir"; return 1; }
+  cd "$dir" || return 1
   # mutmut rewrites sources in place: never anywhere but in the clone
   [ "$(pwd -P)" = "$(cd "$dir" && pwd -P)" ] || { echo "$module: not in $dir"; return 1; }
   find . -name __pycache__ -prune -exec rm -rf {} +
@@ -77,15 +67,8 @@ one() {
   trap 'kill $worker 2>/dev/null || true' RETURN
   while ! grep -q ready worker.log 2>/dev/null; do sleep 1; done
   local runner="python $REPO/scripts/mutation_worker.py run $sock -- -x -q -p no:randomly $tests"
-  if [ -n "$only" ]; then
-    for id in $only; do  # mutmut exits non-zero when a mutant survives
-      mutmut run "$id" --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
-        --runner "$runner" >> mutmut.log 2>&1 || true
-    done
-  elif [ -z "${RECHECK:-}" ]; then
-    mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
-      --runner "$runner" > mutmut.log 2>&1 || true
-  fi
+  mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
+    --runner "$runner" > mutmut.log 2>&1 || true  # mutmut exits non-zero when mutants survive
   python - "$module" <<'EOF' > summary.txt
 import sqlite3, sys
 rows = sqlite3.connect(".mutmut-cache").execute("select status, count(*) from mutant group by status")

@@ -264,6 +264,8 @@ def test_edge_values_copies_and_names(tmp_path, model, x):
         f"FileComposite({str(path)!r}: " + repr(composite)[len("FileComposite("):]
     names_first = composites.LayerMap([("c1", rules.Flat()), (kl.Dense, rules.Zero())])
     assert composites.to_spec(names_first)["layers"] == {"c1": {"rule": "Flat"}}
+    both = composites.LayerMap([(("c1", "c3"), rules.Flat())])  # a tuple of names: each saved
+    assert composites.to_spec(both)["layers"] == {"c1": {"rule": "Flat"}, "c3": {"rule": "Flat"}}
 
     class Mine(composites.LayerMap):
         def rule_for(self, layer, **kwargs):
