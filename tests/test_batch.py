@@ -495,19 +495,21 @@ def test_progress_rate_and_eta_on_a_clock(capsys, monkeypatch):
     """With a controlled clock: a line when ``log_seconds`` have passed (not before), the rate
     since the start, the ETA of the rest; without a total, no ETA; on a terminal the bar gets
     the total."""
-    now = [0.0]
+    now = [1.0]
     monkeypatch.setattr(cli_outputs.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     progress = cli_outputs.Progress(None, quiet=False, log_seconds=2.0)
     progress.total = 10  # as the counting thread sets it
-    for t, n in ((2.0, 4), (4.0, 2), (5.0, 1)):
+    for t, n in ((3.0, 4), (5.0, 2), (6.0, 1)):
         now[0] = t
         progress.update(n)
     assert [line for line in capsys.readouterr().err.splitlines() if line] == [
         "tf-lrp: 4 samples of 10, ETA 00:00:03 (2.0 samples/s)",
         "tf-lrp: 6 samples of 10, ETA 00:00:02 (1.5 samples/s)"]
+    now[0] = 8.5
+    assert progress.close() == 7.5  # the seconds since the start (1.0)
     untold = cli_outputs.Progress(None, quiet=False, log_seconds=0.0)
-    now[0] = 11.0  # it started at 5.0
+    now[0] = 14.5  # it started at 8.5
     untold.update(3)
     assert capsys.readouterr().err.strip() == "tf-lrp: 3 samples (0.5 samples/s)"
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
