@@ -146,5 +146,4 @@ def explain_text(task, texts, analyzer=None, target=None, composite="attn_lrp",
     return out
 
 
-
 __all__ = ["TextExplanation", "explain_text", "next_token_targets", "preprocess"]

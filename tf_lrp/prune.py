@@ -151,8 +151,9 @@ def _weight_gradients(model, x, targets, layers: list[str]) -> dict:
             y = tf.reshape(model(x[i:i + 1], training=False), (-1,))[int(t)]
         grads = tape.gradient(y, list(variables.values()) + list(biases.values()))
         for n, g in zip(variables, grads[:len(variables)]):
-            g_kernel[n] += g.numpy()
-            g_abs[n] += np.abs(g.numpy())
+            g = g.numpy()
+            g_kernel[n] += g
+            g_abs[n] += np.abs(g)
         for n, g in zip(biases, grads[len(variables):]):
             g_bias[n] += g.numpy()
     return {"kernel": g_kernel, "abs": g_abs, "bias": g_bias}

@@ -250,7 +250,7 @@ def explain_dataset(model, source, out: str | Path, composite: Any = "epsilon_pl
     with locked(out):
         remove_temporaries(out)
         skip = Skipped(out)
-        sink = ShardSink(out, shard_size, tuple(shape), resume, skip)
+        sink = ShardSink(out, shard_size, shape, resume, skip)
         job = Job(shape=shape, scale=scale, batch_size=batch_size,
                   compute=_compute(actors), num_gpus=num_gpus, explainer=explainer,
                   explainer_kwargs={"model": model, "composite": composite, **explainer_kwargs},
@@ -306,7 +306,8 @@ def _explain_rows(model, dataset, out, composite, column, shard_size, batch_size
     return out
 
 
-# ------------------------------------------------------------------ the command line
+# ------------------------------------------------------------------ the streaming job (the
+# command line and explain_dataset over files)
 
 
 def _decode(batch: dict[str, np.ndarray], shape: Sequence[int],

@@ -133,4 +133,3 @@ def guarded(body):
 
     handler.__doc__ = body.__doc__
     return handler
-

@@ -116,10 +116,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-
-
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.reference and not args.atlas:
         raise UsageError("--reference builds an atlas: give its directory with --atlas DIR")

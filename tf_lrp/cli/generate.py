@@ -72,8 +72,6 @@ def _span(text: str | None) -> tuple[int, int] | None:
     return first, stop
 
 
-
-
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 

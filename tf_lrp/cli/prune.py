@@ -53,8 +53,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-
-
 def _run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path

@@ -44,8 +44,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-
-
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 

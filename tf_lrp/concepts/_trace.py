@@ -119,10 +119,6 @@ def _statistics(analyzer, nodes: tuple[Node, ...], activations: tuple[int, ...],
     return out
 
 
-def _specs(analyzer) -> list[tf.TensorSpec]:
-    return analyzer._input_specs
-
-
 def layer_nodes(analyzer, layers: Sequence[str]) -> list[Node]:
     """The nodes of ``layers`` (names as :func:`condition_node` takes them), each once."""
     if isinstance(layers, str):
@@ -155,7 +151,7 @@ def layer_statistics(analyzer, layers: Sequence[str], heatmap: bool = False):
     acts = tuple(activation_key(analyzer.graph, n) for n in nodes)
     fn = _cached(analyzer, ("statistics", tuple(n.name for n in nodes), heatmap), lambda: tf.function(
         functools.partial(_statistics, analyzer, nodes, acts, heatmap),
-        input_signature=[_specs(analyzer), tf.TensorSpec([None], tf.int32)], autograph=False))
+        input_signature=[analyzer._input_specs, tf.TensorSpec([None], tf.int32)], autograph=False))
 
     def step(x, target=None) -> dict:
         xs = analyzer._prepare(x)
@@ -203,7 +199,7 @@ def conditioned_relevance(analyzer, x, target, conditions, read: Sequence[str]
     key = ("conditioned", names, tuple(node.name for node in reads))
     fn = _cached(analyzer, key, lambda: tf.function(
         functools.partial(_conditioned, analyzer, reads, conditioned),
-        input_signature=[_specs(analyzer), tf.TensorSpec([None], tf.int32),
+        input_signature=[analyzer._input_specs, tf.TensorSpec([None], tf.int32),
                          {name: tf.TensorSpec((None, None, masks[name].shape[2]), tf.bool)
                           for name in names}], autograph=False))
     k = next(iter(masks.values())).shape[1]

@@ -396,13 +396,10 @@ def decoded_chunks(entries: Iterable[Entry], spec: InputSpec, scale: tuple[float
         yield [(entry, None if p else x[i], p.decode() if p else None)
                for i, (entry, p) in enumerate(zip(chunk, problems.tolist()))]
 
+
 def decoded_batches(inputs: Sequence[str], spec, scale, batch_size: int, problems: list
                     ) -> Iterator[tuple[list[str], object]]:
     """``(names, batch)`` of the inputs that decode; the others go to ``problems``."""
-    import numpy as np
-
-    from tf_lrp.runs.common import InputProblem
-
     decoder = Decoder(spec, scale)
     names: list[str] = []
     rows: list = []
