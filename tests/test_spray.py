@@ -4,9 +4,11 @@ against its definition, corrected models by behaviour."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -105,6 +107,25 @@ def _chromium():
     return path
 
 
+@contextlib.contextmanager
+def _in_browser(path):
+    """The page at ``path`` in headless Chromium; yields ``(page, errors)`` (script errors and
+    console errors, checked empty after the block)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(Path(path).as_uri())
+        yield page, errors
+        browser.close()
+    assert not errors, errors
+
+
 def test_spray_command_report_in_a_real_browser(tmp_path):
     from tf_lrp.cli.parser import main
 
@@ -115,16 +136,7 @@ def test_spray_command_report_in_a_real_browser(tmp_path):
     assert len(rows) == len(maps) and {r["cluster"] for r in rows} == {"0", "1"}
     spectrum = list(csv.DictReader((tmp_path / "report" / "spectrum.csv").open()))
     assert len(spectrum) == 9 and float(spectrum[0]["eigenvalue"]) < 1e-6
-    sync_api = pytest.importorskip("playwright.sync_api")
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto((tmp_path / "report" / "index.html").as_uri())
+    with _in_browser(tmp_path / "report" / "index.html") as (page, _):
         assert page.evaluate("document.body.dataset.ready") == "1"
         sections = page.eval_on_selector_all("section.cluster", "s => s.map(e => "
                                                                 "e.dataset.cluster)")
@@ -134,8 +146,6 @@ def test_spray_command_report_in_a_real_browser(tmp_path):
         assert page.eval_on_selector_all("#map .pt", "p => p.length") == len(maps)
         page.hover("#map .pt[data-thumb]")
         assert page.evaluate("document.querySelector('#hover img') !== null")
-        browser.close()
-    assert not errors, errors
 
 
 # ----------------------------------------------------------------------------- ClArC
@@ -280,3 +290,7 @@ def test_concept_report_shows_top_concepts_with_reference_crops(tmp_path):
     first, second = (page.index(f'<section class="cluster" data-cluster="{k}"') for k in (0, 1))
     assert page.index("Concept", first) == page.index("Concept 0:", first)  # cluster 0: ch. 0
     assert page.index("Concept", second) == page.index("Concept 2:", second)  # cluster 1: ch. 2
+    with _in_browser(paths["index.html"]) as (shown, _):  # the crops decode in a real browser
+        assert shown.evaluate("document.body.dataset.ready") == "1"
+        crops = shown.eval_on_selector_all(".concept img", "i => i.map(e => e.naturalWidth)")
+        assert crops and all(w > 0 for w in crops)
