@@ -471,3 +471,33 @@ def test_custom_layer_with_a_weight_explains_like_its_parts_under_a_default_rule
     want = tf_lrp.Analyzer(plain, composite)(x, target=1)
     np.testing.assert_allclose(analyzer(x, target=1), want, rtol=1e-5,
                                atol=1e-6 * np.abs(want).max())
+
+
+class _BatchFold(kl.Layer):
+    """``x * 2`` by way of a reshape that spells out the batch size (``ops.shape(x)[0]``)."""
+
+    def call(self, x):
+        b = ops.shape(x)[0]
+        return ops.reshape(ops.reshape(x, (b * 5, 1)) * 2.0, (b, 5))
+
+
+def test_layer_that_needs_the_batch_size_explains_every_batch_size():
+    """A graph that replays only for the batch size it was recorded with: the analyzer is built
+    per batch size of the input (3 and 2 here), and explains like the same map from plain
+    layers."""
+    inp = keras.Input((5,))
+    model = keras.Model(inp, kl.Dense(2, name="out")(_BatchFold()(kl.Dense(5, name="d")(inp))))
+    randomize(model, 23)
+    plain_in = keras.Input((5,))
+    plain = keras.Model(plain_in, kl.Dense(2, name="out")(kl.Rescaling(2.0)(
+        kl.Dense(5, name="d")(plain_in))))
+    for name in ("d", "out"):
+        plain.get_layer(name).set_weights(model.get_layer(name).get_weights())
+    analyzer = tf_lrp.Analyzer(model, rules.Epsilon(0.05))
+    reference = tf_lrp.Analyzer(plain, rules.Epsilon(0.05))
+    x = RNG.normal(size=(3, 5)).astype("float32")
+    for batch in (x, x[:2]):
+        want = reference(batch, target=1)
+        np.testing.assert_allclose(analyzer(batch, target=1), want, rtol=1e-5,
+                                   atol=1e-6 * np.abs(want).max())
+        assert analyzer.for_input(batch).graph is not analyzer.for_input(x[:1]).graph
