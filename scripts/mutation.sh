@@ -5,6 +5,8 @@
 #   scripts/mutation.sh                      # every module below, one after the other
 #   scripts/mutation.sh storage.py runs/shards.py  # just these (keys of MODULES)
 #   JOBS=2 scripts/mutation.sh               # two modules at a time (one core each)
+#   SAMPLE=0.2 scripts/mutation.sh rules     # a fixed random fifth of the mutants (the rest
+#                                            # are marked skipped; the report gives a 95 % interval)
 #
 # Every module runs in its own clone of HEAD under $MUTATION_DIR (mutmut rewrites the source in
 # place, so never in your checkout), against the tests that exercise it, with pytest -x so a
@@ -22,6 +24,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MUTATION_DIR=${MUTATION_DIR:-/tmp/tf_lrp_mutation}
 JOBS=${JOBS:-1}
+SAMPLE=${SAMPLE:-1}
 
 # module (path under tf_lrp/) -> the tests that exercise it, fastest and most specific first
 declare -A MODULES=(
@@ -55,6 +58,21 @@ one() {
   # mutmut rewrites sources in place: never anywhere but in the clone
   [ "$(pwd -P)" = "$(cd "$dir" && pwd -P)" ] || { echo "$module: not in $dir"; return 1; }
   find . -name __pycache__ -prune -exec rm -rf {} +
+  # a sample: mutmut imports mutmut_config from its working directory and skips every mutant
+  # whose pre_mutation hook says so; the choice hashes the mutant (file, line text, index), so
+  # the same SAMPLE picks the same mutants on every run of the same source
+  cat > mutmut_config.py <<EOF
+import hashlib
+
+FRACTION = $SAMPLE
+
+
+def pre_mutation(context):
+    m = context.mutation_id
+    key = "\\n".join([m.filename, m.line.strip(), str(m.index)]).encode()
+    if int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8 >= FRACTION:
+        context.skip = True
+EOF
   # which tests execute which statements (pytest-cov, one context per test)
   # shellcheck disable=SC2086
   python -m pytest -q -p no:randomly --cov=tf_lrp --cov-context=test --cov-report= $tests \
@@ -78,7 +96,8 @@ survived = counts.get("bad_survived", 0) + counts.get("ok_suspicious", 0)
 timeouts = counts.get("bad_timeout", 0)  # a mutant that hangs is caught, but look at each
 done = killed + survived + timeouts
 print(f"{sys.argv[1]}: {killed + timeouts}/{done} killed ({100 * (killed + timeouts) / max(done, 1):.1f} %; "
-      f"{timeouts} by timeout), {survived} survived, {counts.get('untested', 0)} untested")
+      f"{timeouts} by timeout), {survived} survived, {counts.get('skipped', 0)} not in the sample, "
+      f"{counts.get('untested', 0)} untested")
 EOF
   : > survivors.diff
   for id in $(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))"); do

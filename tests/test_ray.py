@@ -170,3 +170,16 @@ def test_explain_dataset_streams_one_job_and_resumes_like_a_local_run(local_ray,
     with pytest.raises(InputError, match=r"resume=True\) needs files"):
         lrp_ray.explain_dataset(str(LENET), ray.data.from_numpy(x), tmp_path / "o2",
                                 resume=True)
+
+
+def test_explain_dataset_rows_of_a_dataset_numbered_across_batches(local_ray, tmp_path):
+    """A Dataset without a path column: rows are labelled by their place in the Dataset (not
+    in their batch), in order, each relevance that of its own row."""
+    x = np.random.default_rng(8).uniform(0, 255, (5, 32, 32, 1)).astype(np.float32)
+    blocks = ray.data.from_numpy([x[:2], x[2:4], x[4:]])  # one block per batch
+    out = lrp_ray.explain_dataset(str(LENET), blocks, tmp_path / "out", column="data",
+                                  batch_size=2, shard_size=3)
+    index = pd.read_csv(out / "index.csv")
+    assert list(index["input"]) == [f"data[{i}]" for i in range(5)]
+    relevance = np.concatenate([np.load(p) for p in sorted((out / "shards").glob("*.npy"))])
+    assert_close(relevance, analyzer_for(LENET)(x))

@@ -295,8 +295,9 @@ def _explain_rows(model, dataset, out, composite, column, shard_size, batch_size
                 sink = ShardSink(out, shard_size, batch["relevance"].shape[1:], False, Skipped(out))
             results = []
             for i in range(len(batch["relevance"])):
-                label = str(batch["path"][i]) if "path" in batch else f"{column}[{i}]"
-                results.append(Result(Entry(next(seq), label, label), None,
+                number = next(seq)  # the row's place in the Dataset, not in its batch
+                label = str(batch["path"][i]) if "path" in batch else f"{column}[{number}]"
+                results.append(Result(Entry(number, label, label), None,
                                       batch["relevance"][i], int(batch["predicted_class"][i]),
                                       _explained(batch, i), float(batch["logit"][i])))
             sink.write(results, (0.0, 255.0))
