@@ -3,6 +3,9 @@
     python scripts/mutation_report.py [MUTATION_DIR]        # a Markdown table
     python scripts/mutation_report.py --survivors MODULE    # the surviving mutants' diffs
 
+A module run with ``SAMPLE=`` (a hash-chosen fraction of its mutants; the others are marked
+skipped) gets the score of its sample with a 95 % Wilson interval.
+
 Survivors are sorted into two kinds read off the source line: **message text** (a string of a
 ``raise`` statement: mutmut wraps it in ``XX``, and the tests match the message's words, which
 stay) and **other** (each needs a reason in benchmarks/MUTATION.md or a test).
@@ -38,7 +41,7 @@ def module_rows(clone: Path) -> list[tuple[int, str, str, int, str]]:
 def summary(clone: Path) -> dict:
     rows = module_rows(clone)
     raises: dict[str, set[int]] = {}
-    counts = {"killed": 0, "timeout": 0, "message": 0, "other": 0, "untested": 0}
+    counts = {"killed": 0, "timeout": 0, "message": 0, "other": 0, "untested": 0, "skipped": 0}
     for _, name, status, number, _ in rows:
         if name not in raises:
             source = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=clone, text=True,
@@ -50,9 +53,28 @@ def summary(clone: Path) -> dict:
             counts["timeout"] += 1
         elif status in ("bad_survived", "ok_suspicious"):
             counts["message" if number + 1 in raises[name] else "other"] += 1
+        elif status == "skipped":
+            counts["skipped"] += 1
         else:
             counts["untested"] += 1
     return counts
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion ``killed / n`` (a sample's score)."""
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _score(killed: int, n: int, sampled: bool) -> str:
+    if not n:
+        return "-"
+    if not sampled:
+        return f"{100 * killed / n:.1f} %"
+    low, high = wilson(killed, n)
+    return f"{100 * killed / n:.1f} % ({100 * low:.0f}-{100 * high:.0f})"
 
 
 def main() -> None:
@@ -88,11 +110,11 @@ def main() -> None:
     for clone in sorted(p for p in root.iterdir() if (p / ".mutmut-cache").exists()):
         c = summary(clone)
         tested = c["killed"] + c["timeout"] + c["message"] + c["other"]
-        total = tested + c["untested"]
+        total = tested + c["untested"] + c["skipped"]
         killed = c["killed"] + c["timeout"]
-        score = f"{100 * killed / tested:.1f} %" if tested else "-"
-        without = tested - c["message"]
-        score2 = f"{100 * killed / without:.1f} %" if without else "-"
+        sampled = c["skipped"] > 0
+        score = _score(killed, tested, sampled)
+        score2 = _score(killed, tested - c["message"], sampled)
         print(f"| {clone.name} | {total} | {tested} | {killed} | {c['message']} | {c['other']} "
               f"| {score} | {score2} |")
 

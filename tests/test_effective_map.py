@@ -172,3 +172,99 @@ def test_depthwise_multiplier_batchnorm_fold_is_the_effective_conv(rule_id):
     got = analyzer(x, target=[2, 0, 1])
     want = tf_lrp.Analyzer(plain, RULES[rule_id]())(x, target=[2, 0, 1])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def _channels_model(fmt: str, rank: int):
+    """Conv (biased) -> BatchNormalization (foldable, on the channel axis) -> ReLU -> Conv ->
+    pooling -> Dense, in ``fmt``; ``rank`` 1 or 2 spatial axes. Shapes are unequal on every
+    axis (a bias broadcast along the wrong axis cannot pass by shape)."""
+    conv = {1: kl.Conv1D, 2: kl.Conv2D}[rank]
+    pool = {1: kl.GlobalMaxPooling1D, 2: kl.GlobalMaxPooling2D}[rank]
+    spatial = (11, 9)[:rank]
+    inp = keras.Input((3, *spatial) if fmt == "channels_first" else (*spatial, 3))
+    axis = 1 if fmt == "channels_first" else -1
+    x = conv(4, 3, data_format=fmt, bias_initializer="glorot_uniform")(inp)
+    x = kl.ReLU()(kl.BatchNormalization(axis=axis)(x))
+    x = conv(5, 2, data_format=fmt, bias_initializer="glorot_uniform", activation="relu")(x)
+    return keras.Model(inp, kl.Dense(3)(pool(data_format=fmt)(x)))
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("rule_id", ["epsilon", "zplus", "zbox", "alpha2beta1_bias"])
+def test_channels_first_explains_like_channels_last(rank, rule_id):
+    """The same weights in ``channels_first``: per-channel biases and the BatchNormalization
+    fold act on axis 1, so the relevance is the channels-last relevance with the channel axis
+    moved (Conv1D's axis 1 is rank - 2: a bias added on the last axis would be wrong)."""
+    keras.utils.set_random_seed(4)
+    last, first = _channels_model("channels_last", rank), _channels_model("channels_first", rank)
+    _randomize(last, 7)
+    bn = last.layers[2]
+    gamma, beta, mean, variance = bn.get_weights()
+    bn.set_weights([-gamma, beta, mean, np.abs(variance) + 0.3])  # some scales negative
+    first.set_weights(last.get_weights())
+    x = np.random.default_rng(9).normal(size=(2, *last.input_shape[1:])).astype("float32")
+    xt = np.moveaxis(x, -1, 1)
+    np.testing.assert_allclose(first(xt), last(x), rtol=1e-5, atol=1e-5)
+    analyzer = tf_lrp.Analyzer(first, RULES[rule_id]())
+    assert any("+batch_normalization" in name for name, _, _ in analyzer.rule_table())
+    want = tf_lrp.Analyzer(last, RULES[rule_id]())(x, target=[2, 0])
+    got = np.moveaxis(np.asarray(analyzer(xt, target=[2, 0])), 1, -1)
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+class _DoubledDense(kl.Layer):
+    """A custom layer with weights: ``x @ (2 W) + b``."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], self.units), name="w")
+        self.b = self.add_weight(shape=(self.units,), name="b")
+
+    def call(self, x):
+        return keras.ops.matmul(x, 2.0 * self.w) + self.b
+
+
+def _doubled_linear(layer):
+    """The factory ``register_linear`` takes: kernel ``2 W``, bias ``b`` on the default channel
+    axis, output channels scaled on the kernel's last axis (a following BatchNorm folds)."""
+    from tf_lrp import layers as lrp_layers
+
+    return lrp_layers.Linear(
+        layer=layer, kernels=lambda: [2.0 * keras.ops.convert_to_tensor(layer.w)],
+        bias=lambda: keras.ops.convert_to_tensor(layer.b),
+        apply=lambda x, k: keras.ops.matmul(x, k[0]),
+        scale_output=lambda k, s: [k[0] * s])
+
+
+@pytest.mark.parametrize("rule_id", ["gamma", "zbox", "alpha2beta1_bias"])
+def test_register_linear_explains_a_custom_layer_like_its_dense(monkeypatch, rule_id):
+    """A registered custom layer (followed by a BatchNormalization the analyzer folds into it)
+    explains like the Dense layer with kernel ``2 W`` and the same BatchNormalization."""
+    from tf_lrp import layers as lrp_layers
+
+    monkeypatch.setattr(lrp_layers, "_LINEAR", list(lrp_layers._LINEAR))
+    lrp_layers.register_linear(_DoubledDense, _doubled_linear)
+
+    def build(first):
+        inp = keras.Input((6,))
+        x = kl.BatchNormalization()(first(inp))
+        return keras.Model(inp, kl.Dense(3)(kl.ReLU()(x)))
+
+    custom, plain = build(_DoubledDense(4)), build(kl.Dense(4))
+    _randomize(custom, 11)
+    gamma, beta, mean, variance = custom.layers[2].get_weights()
+    custom.layers[2].set_weights([gamma, beta, mean, np.abs(variance) + 0.2])
+    w, b = custom.layers[1].get_weights()
+    plain.set_weights([2.0 * w, b, *custom.get_weights()[2:]])
+    x = np.random.default_rng(12).normal(size=(3, 6)).astype("float32")
+    np.testing.assert_allclose(custom(x), plain(x), rtol=1e-5, atol=1e-5)
+    analyzer = tf_lrp.Analyzer(custom, RULES[rule_id]())
+    assert any("+batch_normalization" in name for name, _, _ in analyzer.rule_table())
+    got = analyzer(x, target=[1, 2, 0])
+    want = tf_lrp.Analyzer(plain, RULES[rule_id]())(x, target=[1, 2, 0])
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
