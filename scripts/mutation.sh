@@ -12,8 +12,9 @@
 # place, so never in your checkout), against the tests that exercise it, with pytest -x so a
 # killed mutant stops at its first failing test. The runner is scripts/mutation_worker.py: a warm
 # process that has TensorFlow imported and forks one pytest run per mutant (saves ~5 s each),
-# narrowed to the tests that execute the mutated statement (a coverage run with per-test
-# contexts first; statements run at import or unseen by coverage keep every test).
+# narrowed to the tests that execute the mutated statement, from anywhere in the suite (one
+# coverage run of the whole suite with per-test contexts, shared by all modules of a commit);
+# statements run at import or unseen by coverage keep the module's own tests (MODULES).
 # Results: $MUTATION_DIR/<name>/summary.txt (counts) and survivors.diff (every surviving mutant);
 # benchmarks/MUTATION.md says what each survivor means.
 #
@@ -73,19 +74,14 @@ def pre_mutation(context):
     if int(hashlib.sha256(key).hexdigest()[:8], 16) / 16**8 >= FRACTION:
         context.skip = True
 EOF
-  # which tests execute which statements (pytest-cov, one context per test)
-  # shellcheck disable=SC2086
-  python -m pytest -q -p no:randomly --cov=tf_lrp --cov-context=test --cov-report= $tests \
-    > coverage.log 2>&1 || true
-  python -m coverage json -q --show-contexts -o coverage.json
   local sock=$dir/worker.sock
-  python "$REPO/scripts/mutation_worker.py" serve "$sock" --coverage coverage.json \
+  python "$REPO/scripts/mutation_worker.py" serve "$sock" --coverage "$COVERAGE" \
     > worker.log 2>&1 &
   local worker=$!
   trap 'kill $worker 2>/dev/null || true' RETURN
   while ! grep -q ready worker.log 2>/dev/null; do sleep 1; done
   local runner="python $REPO/scripts/mutation_worker.py run $sock -- -x -q -p no:randomly $tests"
-  mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 120 \
+  mutmut run --paths-to-mutate "tf_lrp/$module" --no-progress --test-time-base 1500 \
     --runner "$runner" > mutmut.log 2>&1 || true  # mutmut exits non-zero when mutants survive
   python - "$module" <<'EOF' > summary.txt
 import sqlite3, sys
@@ -106,9 +102,26 @@ EOF
   cat summary.txt
 }
 
+# which tests execute which statements: the whole suite once per commit (pytest-cov, one
+# context per test), in a clone of its own; about 10 minutes on one core
+coverage_once() {
+  local sha dir
+  sha=$(git -C "$REPO" rev-parse HEAD)
+  COVERAGE=$MUTATION_DIR/coverage-$sha.json
+  [ -s "$COVERAGE" ] && return 0
+  dir=$MUTATION_DIR/coverage-run
+  rm -rf "$dir"
+  git clone -q "$REPO" "$dir"
+  ( cd "$dir" && python -m pytest -q -p no:randomly --cov=tf_lrp --cov-context=test \
+      --cov-report= tests > coverage.log 2>&1 || true
+    python -m coverage json -q --show-contexts -o "$COVERAGE.part" && mv "$COVERAGE.part" "$COVERAGE" )
+  rm -rf "$dir"
+}
+
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${ORDER[@]}")
 mkdir -p "$MUTATION_DIR"
+coverage_once
 running=0
 for module in "${targets[@]}"; do
   ( one "$module" ) &

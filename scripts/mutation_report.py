@@ -95,13 +95,13 @@ def main() -> None:
             (copy / name).write_text(subprocess.run(
                 ["git", "show", f"HEAD:{name}"], cwd=clone, text=True, capture_output=True,
                 check=True).stdout)
-        for mutant, _, status, number, _line in rows:
+        for mutant, name, status, number, _line in rows:
             if status in ("bad_survived", "ok_suspicious"):
                 diff = subprocess.run(["mutmut", "show", str(mutant)], cwd=copy, text=True,
                                       capture_output=True, check=False).stdout
                 changed = [d for d in diff.splitlines() if d[:1] in "+-" and d[:3] not in
                            ("+++", "---")]
-                print(f"{mutant:5d} line {number + 1}: " + " | ".join(changed))
+                print(f"{mutant:5d} {name}:{number + 1}: " + " | ".join(changed))
         shutil.rmtree(copy)
         return
     print("| module | mutants | tested | killed | survived: message text | survived: other | "

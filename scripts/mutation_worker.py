@@ -36,7 +36,7 @@ import subprocess
 import sys
 
 #: a run that takes longer is stopped and counts as a failure (a mutant that loops forever)
-RUN_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 1200
 
 
 class CoverageMap:
