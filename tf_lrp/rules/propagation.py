@@ -196,7 +196,7 @@ def _term_forward(ctx: Context, term: Term, us: list, cache: dict) -> Part:
             )
         if plain:
             return ctx.outputs[0], _times_input(us, lambda s: ctx.gradient([s]), ctx.rep), None
-        filled = None
+        filled = [tf.zeros_like(x) if u is None else u for u, x in zip(us, ctx.inputs)]
         return ctx.node.call(filled)[0], _times_input(
             us, lambda s: _vjp(ctx.node.call, [ctx.rep(f) for f in filled], [s]), ctx.rep), None
     if plain:
