@@ -228,37 +228,51 @@ class _DoubledDense(kl.Layer):
         return keras.ops.matmul(x, 2.0 * self.w) + self.b
 
 
+class _DoubledKerasDense(kl.Dense):
+    """A subclass of a built-in class: ``2 (x @ W + b)``; its registration must take precedence
+    over the built-in Dense entry (which would explain it with ``W``)."""
+
+    def call(self, x):
+        return 2.0 * super().call(x)
+
+
 def _doubled_linear(layer):
-    """The factory ``register_linear`` takes: kernel ``2 W``, bias ``b`` on the default channel
-    axis, output channels scaled on the kernel's last axis (a following BatchNorm folds)."""
+    """The factory ``register_linear`` takes: kernel ``2 W``, bias ``b`` (``2 b`` for the Dense
+    subclass) on the default channel axis, output channels scaled on the kernel's last axis (a
+    following BatchNorm folds)."""
     from tf_lrp import layers as lrp_layers
 
+    subclass = isinstance(layer, kl.Dense)
+    w, b = (layer.kernel, layer.bias) if subclass else (layer.w, layer.b)
     return lrp_layers.Linear(
-        layer=layer, kernels=lambda: [2.0 * keras.ops.convert_to_tensor(layer.w)],
-        bias=lambda: keras.ops.convert_to_tensor(layer.b),
+        layer=layer, kernels=lambda: [2.0 * keras.ops.convert_to_tensor(w)],
+        bias=lambda: (2.0 if subclass else 1.0) * keras.ops.convert_to_tensor(b),
         apply=lambda x, k: keras.ops.matmul(x, k[0]),
         scale_output=lambda k, s: [k[0] * s])
 
 
+@pytest.mark.parametrize("custom_class", [_DoubledDense, _DoubledKerasDense])
 @pytest.mark.parametrize("rule_id", ["gamma", "zbox", "alpha2beta1_bias"])
-def test_register_linear_explains_a_custom_layer_like_its_dense(monkeypatch, rule_id):
+def test_register_linear_explains_a_custom_layer_like_its_dense(monkeypatch, rule_id,
+                                                                custom_class):
     """A registered custom layer (followed by a BatchNormalization the analyzer folds into it)
     explains like the Dense layer with kernel ``2 W`` and the same BatchNormalization."""
     from tf_lrp import layers as lrp_layers
 
     monkeypatch.setattr(lrp_layers, "_LINEAR", list(lrp_layers._LINEAR))
-    lrp_layers.register_linear(_DoubledDense, _doubled_linear)
+    lrp_layers.register_linear(custom_class, _doubled_linear)
 
     def build(first):
         inp = keras.Input((6,))
         x = kl.BatchNormalization()(first(inp))
         return keras.Model(inp, kl.Dense(3)(kl.ReLU()(x)))
 
-    custom, plain = build(_DoubledDense(4)), build(kl.Dense(4))
+    custom, plain = build(custom_class(4)), build(kl.Dense(4))
     _randomize(custom, 11)
     gamma, beta, mean, variance = custom.layers[2].get_weights()
     custom.layers[2].set_weights([gamma, beta, mean, np.abs(variance) + 0.2])
     w, b = custom.layers[1].get_weights()
+    b = 2.0 * b if custom_class is _DoubledKerasDense else b
     plain.set_weights([2.0 * w, b, *custom.get_weights()[2:]])
     x = np.random.default_rng(12).normal(size=(3, 6)).astype("float32")
     np.testing.assert_allclose(custom(x), plain(x), rtol=1e-5, atol=1e-5)
