@@ -501,3 +501,51 @@ def test_layer_that_needs_the_batch_size_explains_every_batch_size():
         np.testing.assert_allclose(analyzer(batch, target=1), want, rtol=1e-5,
                                    atol=1e-6 * np.abs(want).max())
         assert analyzer.for_input(batch).graph is not analyzer.for_input(x[:1]).graph
+
+
+class _SignedShare(rules.BasicRule):
+    """A user's rule for a layer without weights: only the inputs' ``sign`` parts (``x+`` or
+    ``x-``) make up ``z``; an input known to be non-negative has no negative part (its term
+    is ``None`` and enters ``z`` as zeros)."""
+
+    def __init__(self, sign: str):
+        super().__init__({"sign": sign})
+        self.sign = sign
+
+    def groups(self):
+        from tf_lrp.rules.modifiers import negative, positive
+
+        part = positive if self.sign == "positive" else negative
+        return [rules.Group((rules.Term(part),))]
+
+
+@pytest.mark.parametrize("sign", ["positive", "negative"])
+def test_custom_input_rule_on_an_add_against_explicit_shares(sign):
+    """``Add(ReLU(x1), x2)`` under a custom rule: ``R_i = u_i R / sum_j u_j`` with ``u = x+``
+    (the ReLU branch is its own positive part) or ``u = x-`` (the ReLU branch has none: all
+    relevance goes to the negative entries of ``x2``), below an LRP-0 Dense, in NumPy."""
+    in1, in2 = keras.Input((5,)), keras.Input((5,))
+    h = kl.Add(name="add")([kl.ReLU()(in1), in2])
+    model = keras.Model([in1, in2], kl.Dense(3, name="top")(h))
+    rng = np.random.default_rng(21)
+    model.get_layer("top").set_weights([rng.normal(size=(5, 3)).astype("float32"),
+                                        np.array([0.3, -0.2, 0.1], "float32")])
+    x1, x2 = (rng.normal(size=(4, 5)).astype("float32") for _ in range(2))
+    composite = composites.LayerMap([("add", _SignedShare(sign)), (kl.Dense, rules.Zero())],
+                                    default=rules.Zero())
+    got = tf_lrp.Analyzer(model, composite)([x1, x2], target=[0, 2, 1, 0])
+
+    w, b = (v.astype(np.float64) for v in model.get_layer("top").get_weights())
+    a, c = np.maximum(x1, 0).astype(np.float64), x2.astype(np.float64)
+    z = (a + c) @ w + b
+    r_out = np.zeros_like(z)
+    r_out[np.arange(4), [0, 2, 1, 0]] = z[np.arange(4), [0, 2, 1, 0]]
+    r_h = (a + c) * ((r_out / z) @ w.T)  # LRP-0 at the Dense
+    u1, u2 = (a, np.maximum(c, 0)) if sign == "positive" else (np.zeros_like(a),
+                                                                 np.minimum(c, 0))
+    total = u1 + u2
+    s = np.divide(r_h, total, out=np.zeros_like(r_h), where=total != 0)
+    want = [u1 * s, u2 * s]  # ReLU passes its share to x1 unchanged
+    assert np.abs(want[1]).max() > 1e-2
+    for g, wnt in zip(got, want):
+        np.testing.assert_allclose(g, wnt, rtol=1e-4, atol=1e-5 * np.abs(wnt).max())
