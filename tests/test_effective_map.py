@@ -175,15 +175,16 @@ def test_depthwise_multiplier_batchnorm_fold_is_the_effective_conv(rule_id):
 
 
 def _channels_model(fmt: str, rank: int):
-    """Conv (biased) -> BatchNormalization (foldable, on the channel axis) -> ReLU -> Conv ->
-    pooling -> Dense, in ``fmt``; ``rank`` 1 or 2 spatial axes. Shapes are unequal on every
+    """BatchNormalization (on the input: unfolded) -> Conv (biased) -> BatchNormalization
+    (foldable, on the channel axis) -> ReLU -> Conv -> pooling -> Dense, in ``fmt``; ``rank`` 1 or 2 spatial axes. Shapes are unequal on every
     axis (a bias broadcast along the wrong axis cannot pass by shape)."""
     conv = {1: kl.Conv1D, 2: kl.Conv2D}[rank]
     pool = {1: kl.GlobalMaxPooling1D, 2: kl.GlobalMaxPooling2D}[rank]
     spatial = (11, 9)[:rank]
     inp = keras.Input((3, *spatial) if fmt == "channels_first" else (*spatial, 3))
     axis = 1 if fmt == "channels_first" else -1
-    x = conv(4, 3, data_format=fmt, bias_initializer="glorot_uniform")(inp)
+    x = kl.BatchNormalization(axis=axis)(inp)  # on the input: not folded (an affine map)
+    x = conv(4, 3, data_format=fmt, bias_initializer="glorot_uniform")(x)
     x = kl.ReLU()(kl.BatchNormalization(axis=axis)(x))
     x = conv(5, 2, data_format=fmt, bias_initializer="glorot_uniform", activation="relu")(x)
     return keras.Model(inp, kl.Dense(3)(pool(data_format=fmt)(x)))
@@ -198,9 +199,9 @@ def test_channels_first_explains_like_channels_last(rank, rule_id):
     keras.utils.set_random_seed(4)
     last, first = _channels_model("channels_last", rank), _channels_model("channels_first", rank)
     _randomize(last, 7)
-    bn = last.layers[2]
-    gamma, beta, mean, variance = bn.get_weights()
-    bn.set_weights([-gamma, beta, mean, np.abs(variance) + 0.3])  # some scales negative
+    for bn, sign in ((last.layers[1], [1.0, -1.0, 1.0]), (last.layers[3], [1, 1, -1, -1])):
+        gamma, beta, mean, variance = bn.get_weights()  # scales of both signs
+        bn.set_weights([(np.abs(gamma) + 0.2) * sign, beta, mean, np.abs(variance) + 0.3])
     first.set_weights(last.get_weights())
     x = np.random.default_rng(9).normal(size=(2, *last.input_shape[1:])).astype("float32")
     xt = np.moveaxis(x, -1, 1)
@@ -262,10 +263,10 @@ def test_register_linear_explains_a_custom_layer_like_its_dense(monkeypatch, rul
     monkeypatch.setattr(lrp_layers, "_LINEAR", list(lrp_layers._LINEAR))
     lrp_layers.register_linear(custom_class, _doubled_linear)
 
-    def build(first):
-        inp = keras.Input((6,))
+    def build(first):  # on a sequence: the custom layer's output has rank 3
+        inp = keras.Input((2, 6))
         x = kl.BatchNormalization()(first(inp))
-        return keras.Model(inp, kl.Dense(3)(kl.ReLU()(x)))
+        return keras.Model(inp, kl.Dense(3)(kl.Flatten()(kl.ReLU()(x))))
 
     custom, plain = build(custom_class(4)), build(kl.Dense(4))
     _randomize(custom, 11)
@@ -274,7 +275,9 @@ def test_register_linear_explains_a_custom_layer_like_its_dense(monkeypatch, rul
     w, b = custom.layers[1].get_weights()
     b = 2.0 * b if custom_class is _DoubledKerasDense else b
     plain.set_weights([2.0 * w, b, *custom.get_weights()[2:]])
-    x = np.random.default_rng(12).normal(size=(3, 6)).astype("float32")
+    assert any("+batch_normalization" in name for name, _, _ in
+               tf_lrp.Analyzer(plain, rules.Zero()).rule_table())
+    x = np.random.default_rng(12).normal(size=(3, 2, 6)).astype("float32")
     np.testing.assert_allclose(custom(x), plain(x), rtol=1e-5, atol=1e-5)
     analyzer = tf_lrp.Analyzer(custom, RULES[rule_id]())
     assert any("+batch_normalization" in name for name, _, _ in analyzer.rule_table())

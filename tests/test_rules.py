@@ -482,3 +482,15 @@ def test_gamma_below_an_activation_that_keeps_negatives(activation):
     want = ref.lrp_chain(chain, x, lambda out: ref.start_relevance(out, target),
                          rules=[ref.Gamma(0.5), ref.Epsilon(0.01)])
     ref.assert_relevance_close(got, want)
+
+
+def test_every_rule_is_named_by_its_snake_case_class_name():
+    """``composites.get("signal-takes-all")`` and the CLI name a rule by the snake_case of its
+    class (``ZBox`` -> ``z_box``); each name gets a composite whose default is that class."""
+    import re
+
+    for key, cls in rules.RULES.items():
+        assert key == re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+        assert type(composites.get(key.replace("_", "-").upper()).default) is cls
+    box = composites.get("z_box", low=-2.0, high=3.0).default
+    assert (type(box), box.low, box.high) == (rules.ZBox, -2.0, 3.0)

@@ -549,3 +549,43 @@ def test_custom_input_rule_on_an_add_against_explicit_shares(sign):
     assert np.abs(want[1]).max() > 1e-2
     for g, wnt in zip(got, want):
         np.testing.assert_allclose(g, wnt, rtol=1e-4, atol=1e-5 * np.abs(wnt).max())
+
+
+class _Centre(kl.Layer):
+    """Mixes positions: each output depends on every input of its row."""
+
+    def call(self, x):
+        return x - ops.mean(x, axis=-1, keepdims=True)
+
+
+class _Roll(kl.Layer):
+    """Moves values: the first input of a row changes only the row's second output."""
+
+    def call(self, x):
+        return ops.roll(x, 1, axis=-1)
+
+
+class _Squash(kl.Layer):
+    """Elementwise."""
+
+    def call(self, x):
+        return 2.0 * ops.tanh(x)
+
+
+@pytest.mark.parametrize("mixer", [_Centre, _Roll])
+def test_pass_is_refused_on_a_custom_layer_that_mixes_positions(mixer):
+    """``rules.Pass()`` mapped to a custom layer: accepted where it is elementwise, refused
+    (naming the layer and the fix) where changing one input changes other outputs."""
+    from tf_lrp.errors import UnsupportedLayerError as Unsupported
+
+    def model(layer):
+        inp = keras.Input((4, 3))
+        return keras.Model(inp, kl.Dense(2)(kl.Flatten()(layer(inp))))
+
+    x = np.random.default_rng(3).normal(size=(2, 4, 3)).astype("float32")
+    ok = tf_lrp.Analyzer(model(_Squash(name="squash")),
+                         composites.Overrides(composites.EpsilonPlus(), [("squash", rules.Pass())]))
+    assert np.isfinite(ok(x)).all()
+    with pytest.raises(Unsupported, match=r"(?s)mixer.*would delete what this layer computes"):
+        tf_lrp.Analyzer(model(mixer(name="mixer")),
+                        composites.Overrides(composites.EpsilonPlus(), [("mixer", rules.Pass())]))
