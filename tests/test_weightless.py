@@ -16,7 +16,7 @@ from keras import layers as kl
 from keras import ops
 
 import tf_lrp
-from tf_lrp import composites, rules
+from tf_lrp import composites, rules, weightless
 from tf_lrp.errors import UnsupportedLayerError
 
 RNG = np.random.default_rng(0)
@@ -589,3 +589,105 @@ def test_pass_is_refused_on_a_custom_layer_that_mixes_positions(mixer):
     with pytest.raises(Unsupported, match=r"(?s)mixer.*would delete what this layer computes"):
         tf_lrp.Analyzer(model(mixer(name="mixer")),
                         composites.Overrides(composites.EpsilonPlus(), [("mixer", rules.Pass())]))
+
+
+class _two:  # noqa: N801 - reads as a marker in the table
+    """An expression of both inputs ``x`` and ``y``."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x, y):
+        return self.fn(x, y)
+
+
+_C6 = np.linspace(-1.0, 1.0, 36, dtype="float32").reshape(6, 6)
+_K = {"conv": np.ones((3, 6, 2), "float32"), "depthwise": np.ones((3, 6, 1), "float32"),
+      "transpose": np.ones((3, 2, 6), "float32"), "pointwise": np.ones((1, 6, 2), "float32")}
+#: expected handling -> name -> a keras.ops expression of ``x`` (or of ``x`` and ``y``: _two)
+_OP_HANDLING = {
+    "pass": {
+        "relu": ops.relu, "relu6": ops.relu6, "sigmoid": ops.sigmoid,
+        "hard_sigmoid": ops.hard_sigmoid, "silu": ops.silu, "hard_silu": ops.hard_silu,
+        "gelu": ops.gelu, "tanh": ops.tanh, "elu": ops.elu, "selu": ops.selu,
+        "softplus": ops.softplus, "softsign": ops.softsign, "leaky_relu": ops.leaky_relu,
+        "softmax": ops.softmax, "celu": ops.celu, "glu": ops.glu, "sparse_plus": ops.sparse_plus,
+        "squareplus": ops.squareplus, "exp": ops.exp, "stop_gradient": ops.stop_gradient,
+        "clip": lambda x: ops.clip(x, -0.5, 2.0)},
+    "route": {
+        "reshape": lambda x: ops.reshape(x, (-1, 24)),
+        "transpose": lambda x: ops.transpose(x, (0, 2, 1)),
+        "squeeze": lambda x: ops.squeeze(ops.expand_dims(x, 1), 1),
+        "expand_dims": lambda x: ops.expand_dims(x, 1),
+        "concatenate": _two(lambda x, y: ops.concatenate([x, y], 1)), "getitem": lambda x: x[:, 1],
+        "stack": _two(lambda x, y: ops.stack([x, y], 1)), "tile": lambda x: ops.tile(x, (1, 2, 1)),
+        "repeat": lambda x: ops.repeat(x, 2, axis=1), "cast": lambda x: ops.cast(x, "float16"),
+        "moveaxis": lambda x: ops.moveaxis(x, 1, 2), "swapaxes": lambda x: ops.swapaxes(x, 1, 2),
+        "pad": lambda x: ops.pad(x, ((0, 0), (1, 2), (0, 0))),
+        "split": lambda x: ops.split(x, 2, axis=-1)[0],
+        "slice": lambda x: ops.slice(x, (0, 1, 0), (1, 2, 3)),
+        "unstack": lambda x: ops.unstack(x, axis=1)[0],
+        "broadcast_to": lambda x: ops.broadcast_to(x[:, :1], (1, 4, 6)),
+        "where": _two(lambda x, y: ops.where(x > 0, x, y)), "take": lambda x: ops.take(x, [0, 2], axis=1),
+        "take_along_axis": lambda x: ops.take_along_axis(x, np.zeros((1, 4, 6), "int32"), axis=1),
+        "roll": lambda x: ops.roll(x, 1, axis=1), "flip": lambda x: ops.flip(x, 1),
+        "tril": ops.tril, "triu": ops.triu, "maximum": _two(ops.maximum), "minimum": _two(ops.minimum),
+        "max": lambda x: ops.max(x, axis=1), "min": lambda x: ops.min(x, axis=1)},
+    "proportional": {
+        "mean": lambda x: ops.mean(x, 1), "average": lambda x: ops.average(x, 1),
+        "add": _two(ops.add), "subtract": _two(ops.subtract), "sum": lambda x: ops.sum(x, 1),
+        "negative": ops.negative, "cumsum": lambda x: ops.cumsum(x, 1),
+        "multiply_constant": lambda x: ops.multiply(x, 2.0), "divide": lambda x: ops.divide(x, 3.0),
+        "true_divide": lambda x: ops.true_divide(x, 3.0),
+        "einsum": lambda x: ops.einsum("btc,cd->btd", x, _C6), "matmul": lambda x: ops.matmul(x, _C6),
+        "dot": lambda x: ops.dot(x, _C6), "tensordot": lambda x: ops.tensordot(x, _C6, 1),
+        "conv": lambda x: ops.conv(x, _K["conv"]),
+        "depthwise_conv": lambda x: ops.depthwise_conv(x, _K["depthwise"]),
+        "conv_transpose": lambda x: ops.conv_transpose(x, _K["transpose"], 1),
+        "separable_conv": lambda x: ops.separable_conv(x, _K["depthwise"], _K["pointwise"])},
+    "product": {"multiply": _two(ops.multiply)},
+    "none": {
+        "not_equal": _two(ops.not_equal), "equal": _two(ops.equal), "greater": _two(ops.greater),
+        "greater_equal": _two(ops.greater_equal), "less": _two(ops.less),
+        "less_equal": _two(ops.less_equal),
+        "logical_and": _two(lambda x, y: ops.logical_and(x > 0, y > 0)),
+        "logical_or": _two(lambda x, y: ops.logical_or(x > 0, y > 0)),
+        "logical_xor": _two(lambda x, y: ops.logical_xor(x > 0, y > 0)),
+        "logical_not": lambda x: ops.logical_not(x > 0), "any": lambda x: ops.any(x > 0, 1),
+        "all": lambda x: ops.all(x > 0, 1), "isnan": ops.isnan, "isfinite": ops.isfinite,
+        "zeros_like": ops.zeros_like, "ones_like": ops.ones_like,
+        "full_like": lambda x: ops.full_like(x, 2.0), "argmax": lambda x: ops.argmax(x, 1),
+        "argmin": lambda x: ops.argmin(x, 1), "argsort": lambda x: ops.argsort(x, 1),
+        "one_hot": lambda x: ops.one_hot(ops.argmax(x, -1), 3)},
+}
+
+
+@pytest.mark.parametrize("kind, name", [(k, n) for k, table in _OP_HANDLING.items()
+                                        for n in table])
+def test_every_op_in_the_tables_is_handled_as_listed(kind, name):
+    """Each Keras operation the handling tables name, recorded as an op node from its
+    ``keras.ops`` call, is handled as its table says (a misspelt class name is silently
+    skipped by the lookup, so each needs its own case)."""
+    fn = _OP_HANDLING[kind][name]
+    x, y = keras.Input((4, 6)), keras.Input((4, 6))
+    two = isinstance(fn, _two)
+    model = keras.Model([x, y], fn(x, y) if two else fn(x))
+    op = model.operations[-1]
+    assert weightless.handling(op, 2 if two else 1) == kind
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("top_k", lambda x, y: ops.top_k(x, 2)[0]), ("sort", lambda x, y: ops.sort(x)),
+    ("fft", lambda x, y: ops.fft((x, y))[0]), ("fft2", lambda x, y: ops.fft2((x, y))[0]),
+    ("rfft", lambda x, y: ops.rfft(x)[0]), ("irfft", lambda x, y: ops.irfft((x, y))),
+    ("ifft2", lambda x, y: ops.ifft2((x, y))[0]),
+    ("stft", lambda x, y: ops.stft(ops.reshape(x, (-1, 32)), 8, 4, 8)[0]),
+    ("istft", lambda x, y: ops.istft((x, y), 8, 4, 14))], ids=lambda v: v if isinstance(v, str) else "")
+def test_every_op_without_a_rule_is_refused_with_its_reason(name, fn):
+    """Selection by rank and Fourier transforms have no LRP rule: each is named with the
+    reason (its table entry resolves to the op Keras records)."""
+    x, y = keras.Input((4, 8)), keras.Input((4, 8))
+    op = keras.Model([x, y], fn(x, y)).operations[-1]
+    reason = weightless.no_rule_reason(op)
+    assert reason is not None and "no rule" in reason
+    assert ("Fourier" in reason) == (name not in ("top_k", "sort"))

@@ -53,7 +53,7 @@ _app = keras_adapter.application_layer_classes
 #: operations that compute masks (comparisons, logical operations) or read only their input's
 #: shape (``zeros_like``): no relevance reaches them
 MASKING = _op("NotEqual", "Equal", "Greater", "GreaterEqual", "Less", "LessEqual", "LogicalAnd",
-              "LogicalOr", "LogicalNot", "LogicalXor", "Any", "All", "IsNan", "IsFinite",
+              "LogicalOr", "LogicalNot", "LogicalXor", "Any", "All", "Isnan", "Isfinite",
               # outputs that depend on the input's shape only, or are integer positions
               "ZerosLike", "OnesLike", "FullLike", "Shape", "Argmax", "Argmin", "Argsort", "OneHot")
 
