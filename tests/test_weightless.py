@@ -691,3 +691,42 @@ def test_every_op_without_a_rule_is_refused_with_its_reason(name, fn):
     reason = weightless.no_rule_reason(op)
     assert reason is not None and "no rule" in reason
     assert ("Fourier" in reason) == (name not in ("top_k", "sort"))
+
+
+_GRID = np.concatenate([-np.geomspace(4, 1e-3, 40), [0.0],
+                        np.geomspace(1e-3, 4, 40)]).astype("float32")
+_ACTIVATIONS = ["relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "elu", "selu", "softplus",
+                "softsign", "leaky_relu", "exponential", "linear", "hard_tanh", "celu",
+                "sparse_plus", "squareplus", "log_sigmoid", "silu", "swish", "gelu", "hard_silu",
+                "hard_swish", "mish", "hard_shrink", "soft_shrink", "tanh_shrink",
+                "sparse_sigmoid"]
+
+
+def _properties(fn) -> tuple[bool, bool, bool]:
+    """``(f(0) = 0, f(x) = 0 for every x <= 0, non-decreasing)`` on a grid through 0."""
+    y = np.asarray(fn(tf.constant(_GRID)))
+    zero = len(_GRID) // 2
+    return bool(y[zero] == 0.0), bool(np.all(y[:zero + 1] == 0.0)), bool(np.all(np.diff(y) >= 0))
+
+
+@pytest.mark.parametrize("name", _ACTIVATIONS)
+def test_activation_facts_hold_numerically(name):
+    """What the value-range analysis assumes of an activation (it keeps 0, it zeroes negatives,
+    it is monotone) holds, and holds exactly where the function has the property: checked on
+    the function itself, for the layer and for the op node ``keras.ops`` records."""
+    if not hasattr(keras.activations, name):
+        pytest.skip(f"keras.activations.{name} is not in this Keras")
+    fn = keras.activations.get(name)
+    want = _properties(fn)
+
+    def facts(layer):
+        return (weightless.keeps_zero(layer), weightless.zeroes_negatives(layer),
+                weightless._monotone(layer, 1))
+
+    assert facts(kl.Activation(name)) == want
+    op_fn = {"exponential": "exp"}.get(name, name)
+    if hasattr(ops, op_fn) and name not in ("linear", "swish", "hard_swish", "log_sigmoid"):
+        x = keras.Input((4,))
+        op = keras.Model(x, getattr(ops, op_fn)(x)).operations[-1]
+        if weightless.handling(op) == weightless.PASS:  # the activation ops of the tables
+            assert facts(op) == want

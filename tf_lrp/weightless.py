@@ -202,18 +202,19 @@ def is_softmax(layer_or_fn) -> bool:
 #: elementwise activations that are monotone (their range follows from the input's)
 _MONOTONE = {"relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "elu", "selu", "softplus",
              "softsign", "leaky_relu", "exponential", "linear", "hard_tanh", "celu",
-             "sparse_plus", "squareplus", "log_sigmoid"}
+             "sparse_plus", "squareplus", "log_sigmoid", "sparse_sigmoid", "hard_shrink",
+             "soft_shrink", "tanh_shrink"}
 #: activations with f(0) = 0 that zero every negative input
 _ZEROING = {"relu", "relu6"}
 #: activations with f(0) = 0
 _ZERO_AT_ZERO = _ZEROING | {"tanh", "elu", "selu", "leaky_relu", "linear", "silu", "swish",
                             "gelu", "hard_silu", "hard_swish", "mish", "softsign", "hard_tanh",
-                            "celu"}
+                            "celu", "hard_shrink", "soft_shrink", "tanh_shrink"}
 _OP_NAMES = {"Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "HardSigmoid": "hard_sigmoid",
              "Tanh": "tanh", "Elu": "elu", "Selu": "selu", "Softplus": "softplus",
              "Softsign": "softsign", "LeakyRelu": "leaky_relu", "Silu": "silu",
              "HardSilu": "hard_silu", "Gelu": "gelu", "Mish": "mish", "Exp": "exponential",
-             "Celu": "celu"}
+             "Celu": "celu", "SparsePlus": "sparse_plus", "Squareplus": "squareplus"}
 
 
 def _function_name(layer) -> str | None:
