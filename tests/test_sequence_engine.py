@@ -166,11 +166,70 @@ def test_masked_transformer_block_matches_keras_and_ignores_padding():
 
 
 def test_dot_attention_with_causal_mask_matches_keras():
+    """A learnt scale other than 1 (it multiplies the scores), and the causal mask: the first
+    position's output reads only the first token."""
     def build(t):
         a = kl.Attention(use_scale=True)([t, t], use_causal_mask=True)
         return kl.Dense(2, use_bias=False)(kl.Flatten()(a))
 
-    _cp_lrp_matches_keras_and_conserves(_model(build), _x())
+    model = _model(build)
+    model.layers[1].set_weights([np.array(2.7, "float32")])
+    _cp_lrp_matches_keras_and_conserves(model, _x())
+
+    def first(t):
+        a = kl.Attention(use_scale=True)([t, t], use_causal_mask=True)
+        return kl.Dense(2, use_bias=False)(a[:, 0])
+
+    first_only = _model(first)
+    first_only.layers[1].set_weights([np.array(2.7, "float32")])
+    r = _cp_lrp_matches_keras_and_conserves(first_only, _x())(_x())
+    assert np.abs(r[:, 0]).min() > 0
+    np.testing.assert_allclose(r[:, 1:], 0.0, atol=1e-7 * np.abs(r).max())
+
+
+def test_attention_causal_mask_masked_query_and_returned_weights_match_keras():
+    """``use_causal_mask=True``: the first position's output reads only the first token (its
+    relevance stays there); a masked query (``mask_zero``) leaves the MHA output masked, which
+    a pooling layer right after it must honour; ``return_attention_scores=True`` with the
+    weights used downstream."""
+    def causal(t):
+        a = kl.MultiHeadAttention(2, 4, value_dim=3, use_bias=False)(t, t, use_causal_mask=True)
+        return kl.Dense(3, use_bias=False)(a[:, 0])
+
+    model = _model(causal)
+    r = _cp_lrp_matches_keras_and_conserves(model, _x())(_x())
+    assert np.abs(r[:, 0]).min() > 0
+    np.testing.assert_allclose(r[:, 1:], 0.0, atol=1e-7 * np.abs(r).max())
+
+    def pooled(t):
+        e = kl.Embedding(30, 8, mask_zero=True)(t)
+        return kl.Dense(3)(kl.GlobalAveragePooling1D()(kl.MultiHeadAttention(2, 4)(e, e)))
+
+    def dot_flat(t):  # Keras's Attention zeroes the outputs of masked queries
+        e = kl.Embedding(30, 8, mask_zero=True)(t)
+        return kl.Dense(3)(kl.Flatten()(kl.Attention()([e, e])))
+
+    tokens = np.array([[4, 9, 2, 0, 0, 0], [7, 1, 3, 5, 8, 6]])
+    for build in (pooled, dot_flat):
+        model = _model(build, shape=(6,), dtype="int32")
+        analyzer = tf_lrp.Analyzer(model, "cp_lrp")
+        np.testing.assert_allclose(analyzer.predict(tokens), model(tokens).numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+    def with_weights(t, multi_head):
+        if multi_head:
+            a, w = kl.MultiHeadAttention(2, 4, use_bias=False)(t, t,
+                                                                return_attention_scores=True)
+        else:
+            a, w = kl.Attention()([t, t], return_attention_scores=True)
+        joined = kl.Concatenate()([kl.Flatten()(a), kl.Flatten()(w)])
+        return kl.Dense(3, use_bias=False)(joined)
+
+    for multi_head in (True, False):
+        model, x = _model(lambda t, m=multi_head: with_weights(t, m)), _x()
+        cp = tf_lrp.Analyzer(model, composites.CPLRP(epsilon=0.0))
+        np.testing.assert_allclose(cp.predict(x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        assert np.isfinite(cp(x)).all()
 
 
 def test_einsum_dense_takes_any_rule_like_its_dense_equivalent():
