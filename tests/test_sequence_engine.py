@@ -311,3 +311,27 @@ def test_unrolled_keras_lstm_explains_like_the_looped_one():
     x = _x()
     a, b = (tf_lrp.Analyzer(m, "attn_lrp")(x) for m in (looped, unrolled))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_dot_product_attention_op_grouped_masked_causal_matches_keras(causal, masked):
+    """``keras.ops.dot_product_attention`` with 4 query heads over 2 key/value heads (grouped
+    query attention: keys and values repeated), a mask computed from the input, and
+    ``is_causal``: Keras's output (masked scores must vanish in the softmax), and CP-LRP
+    conserves the logit."""
+    from keras import ops
+
+    def build(x):
+        q = kl.Reshape((5, 4, 3))(kl.Dense(12, use_bias=False)(x))  # head size 3 != 2 heads
+        k = kl.Reshape((5, 2, 3))(kl.Dense(6, use_bias=False)(x))
+        v = kl.Reshape((5, 2, 3))(kl.Dense(6, use_bias=False)(x))
+        mask = ops.expand_dims(ops.expand_dims(x[..., 0] > -0.3, 1), 1) if masked else None
+        a = ops.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+        return kl.Dense(3, use_bias=False)(kl.Flatten()(a))
+
+    model = _model(build, shape=(5, 6), seed=3)
+    x = _x(shape=(5, 6), seed=2)
+    if masked:
+        assert (x[..., 0] <= -0.3).any() and (x[..., 0] > -0.3).any(1).all()
+    _cp_lrp_matches_keras_and_conserves(model, x)
