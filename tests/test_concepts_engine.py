@@ -98,3 +98,42 @@ def test_bad_conditions_are_named(conditions, words):
     with pytest.raises(InputError) as err:
         analyzer.conditional(X, 0, conditions)
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_conditions_inside_a_residual_branch_leave_the_skip_path_whole(composite):
+    """A condition on ``c2`` (one branch of the residual block; the skip path's relevance is
+    pending while the branch is conditioned): relevance is linear in the branch's relevance,
+    so with ``R(S) = R_skip + R_branch(S)``, a partition into three parts sums to
+    ``R + 2 R_skip`` and one into two to ``R + R_skip``; all channels give ``R``."""
+    analyzer = tf_lrp.Analyzer(_residual_model(), composite)
+    plain = analyzer(X, target=2)
+    every = analyzer.conditional(X, 2, [{"c2": list(range(6))}])[:, 0]
+    two = analyzer.conditional(X, 2, [{"c2": [0, 1]}, {"c2": [2, 3, 4, 5]}]).sum(axis=1)
+    three = analyzer.conditional(X, 2, [{"c2": [0, 1]}, {"c2": [2, 3, 4]}, {"c2": [5]}])
+    scale = np.abs(plain).max()
+    np.testing.assert_allclose(every, plain, rtol=1e-4, atol=1e-5 * scale)
+    skip = two - plain
+    assert np.abs(skip).max() > 1e-2 * scale  # the skip path carries relevance
+    np.testing.assert_allclose(three.sum(axis=1) - plain, 2 * skip, rtol=1e-3,
+                               atol=1e-4 * scale)
+    assert all(np.abs(three[:, j] - three[:, 0]).max() > 1e-3 * scale for j in (1, 2))
+
+
+def test_a_condition_above_a_recurrent_layer_is_refused_with_the_fix():
+    """CRP's copies of the forward values do not cover a recurrent layer's saved states: a
+    condition above one is refused (naming the fix), one below it works."""
+    from tf_lrp.errors import UnsupportedLayerError
+
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((4, 3))
+    h = kl.Dense(5, activation="relu", name="below")(inp)
+    h = kl.LSTM(6, name="lstm")(h)
+    model = keras.Model(inp, kl.Dense(3, name="out")(kl.Dense(4, name="above")(h)))
+    x = np.random.default_rng(3).normal(size=(2, 4, 3)).astype("float32")
+    analyzer = tf_lrp.Analyzer(model, "epsilon")
+    with pytest.raises(UnsupportedLayerError, match="above a recurrent layer.*below it"):
+        analyzer.conditional(x, 1, [{"above": [0, 1]}])
+    both = analyzer.conditional(x, 1, [{"below": [0, 1, 2]}, {"below": [3, 4]}])
+    np.testing.assert_allclose(both.sum(axis=1), analyzer(x, target=1), rtol=1e-4,
+                               atol=1e-5 * np.abs(both).max())

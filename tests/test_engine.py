@@ -467,6 +467,8 @@ def test_composite_registry_and_first_layer():
     table = {name: rule for name, _, rule in a.rule_table()}
     assert table["conv_a"].startswith("ZBox") and table["conv_b"].startswith("Gamma")
     assert table["conv_a/activation"] == "Pass()"
+    classes = {name: cls for name, cls, _ in a.rule_table()}
+    assert (classes["conv_a"], classes["conv_a/activation"]) == ("Conv2D", "activation")
     assert table["dense"].startswith("Epsilon(epsilon=0.25") and table["add"] == "Zero()"
     assert table["concat"] == "Route()" and table["gap"] == "Zero()"
 
@@ -786,3 +788,35 @@ def test_explain_outputs_per_sample_weighted_sums_of_single_explanations():
     singles = np.stack([a(x, target=t) for t in range(5)], axis=1)  # (n, outputs, 4)
     expected = np.einsum("nkm,nkmd->nkd", w, singles[np.arange(3)[:, None, None], idx])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+class _NeedsLongInputs(keras.layers.Layer):
+    """Written with keras.ops, but only callable on sequences of a known length of 40 steps or
+    more (as a layer that builds a position table of its input's length)."""
+
+    def call(self, x):
+        if x.shape[1] is None or x.shape[1] < 40:
+            raise ValueError("needs a known length of at least 40 steps")
+        return keras.ops.tanh(x) * 2.0
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def test_a_model_the_guessed_probe_cannot_run_is_built_at_the_first_call():
+    """An input length left open and a custom layer that needs it known: the analyzer probes a
+    guessed size (``PROBE_SIZE``); that the layer cannot run there is not an error yet, the
+    first real batch decides (and explains like the same model with a plain tanh layer)."""
+    def build(custom):
+        inp = keras.Input((None, 3))
+        h = kl.Dense(4, name="d")(inp)
+        h = _NeedsLongInputs()(h) if custom else kl.Rescaling(2.0)(kl.Activation("tanh")(h))
+        return keras.Model(inp, kl.Dense(2, name="out")(kl.GlobalAveragePooling1D()(h)))
+
+    keras.utils.set_random_seed(5)
+    custom, plain = build(True), build(False)
+    plain.set_weights(custom.get_weights())
+    x = np.random.default_rng(0).normal(size=(2, 50, 3)).astype("float32")
+    got = tf_lrp.Analyzer(custom, "epsilon")(x, target=[1, 0])
+    want = tf_lrp.Analyzer(plain, "epsilon")(x, target=[1, 0])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
