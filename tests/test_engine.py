@@ -817,6 +817,11 @@ def test_a_model_the_guessed_probe_cannot_run_is_built_at_the_first_call():
     custom, plain = build(True), build(False)
     plain.set_weights(custom.get_weights())
     x = np.random.default_rng(0).normal(size=(2, 50, 3)).astype("float32")
-    got = tf_lrp.Analyzer(custom, "epsilon")(x, target=[1, 0])
-    want = tf_lrp.Analyzer(plain, "epsilon")(x, target=[1, 0])
+    deferred, built = tf_lrp.Analyzer(custom, "epsilon"), tf_lrp.Analyzer(plain, "epsilon")
+    with pytest.raises(AttributeError, match=r"depends on the input sizes.*for_shape"):
+        deferred.graph  # noqa: B018 - built per input shape
+    with pytest.raises(AttributeError, match=r"^no_such_thing$"):
+        built.no_such_thing  # noqa: B018
+    got = deferred(x, target=[1, 0])
+    want = built(x, target=[1, 0])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())

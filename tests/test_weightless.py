@@ -401,6 +401,29 @@ def test_unknown_classes_are_named_once_with_the_fix():
     assert fixed(RNG.normal(size=(2, 4)).astype("float32")).shape == (2, 4)
 
 
+class Blend(kl.Layer):  # two inputs, raw TensorFlow
+    def call(self, inputs):
+        return tf.add(inputs[0], tf.multiply(inputs[1], 0.5))
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_an_unknown_layer_with_two_inputs_is_not_offered_pass(count):
+    """No relaying rule fits a layer with two inputs: the message says so instead of
+    suggesting rules.Pass() (which would be refused); three layers are listed whole."""
+    inp = keras.Input((4,))
+    h = inp
+    for i in range(count):
+        h = Blend(name=f"blend{i}")([kl.Dense(4)(h), kl.Dense(4)(h)])
+    with pytest.raises(UnsupportedLayerError) as err:
+        tf_lrp.Analyzer(keras.Model(inp, kl.Dense(2)(h)))
+    text = str(err.value)
+    assert "Blend has 2 inputs and 1 output(s): no relaying rule fits it whole" in text
+    assert "rules.Pass()" not in text and "--rule" not in text
+    names = ", ".join(repr(f"blend{i}") for i in range(count))
+    layers = "layers" if count > 1 else "layer"
+    assert f"({count} {layers}: {names}):" in text
+
+
 def test_keras2_model_object_names_keras2_and_the_fix():
     tf_keras = pytest.importorskip("tf_keras")
     model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
