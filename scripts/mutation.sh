@@ -106,6 +106,9 @@ EOF
 # context per test), in a clone of its own; about 10 minutes on one core
 coverage_once() {
   local sha dir
+  # COVERAGE=<file>: reuse the coverage of an earlier commit (tests added since are then not
+  # chosen by narrowing, only as the module's own tests)
+  [ -n "${COVERAGE:-}" ] && [ -s "$COVERAGE" ] && return 0
   sha=$(git -C "$REPO" rev-parse HEAD)
   COVERAGE=$MUTATION_DIR/coverage-$sha.json
   [ -s "$COVERAGE" ] && return 0
