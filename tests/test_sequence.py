@@ -809,3 +809,25 @@ def test_identity_normalization_is_refused_with_the_reason():
         with pytest.raises(ValueError, match="must be 'linear'"):
             composite(normalization="rms")
 
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_engine_zero_output_for_mask(kind):
+    """``zero_output_for_mask=True`` with ``return_sequences``: Keras zeroes the outputs at
+    padded steps (instead of repeating the last state), and so must the unrolled forward; the
+    padded steps get exactly zero relevance."""
+    layer = {"lstm": L.LSTM, "gru": L.GRU}[kind]
+
+    def build():
+        inputs = keras.Input((6,), dtype="int32")
+        y = L.Embedding(VOCAB, FEATURES, mask_zero=True, name="emb")(inputs)
+        y = layer(4, return_sequences=True, zero_output_for_mask=True)(y)
+        return keras.Model(inputs, L.Dense(CLASSES, name="dense")(L.Flatten()(y)))
+
+    model = seeded(build, SEED + 77, DTYPE)
+    x = padded_tokens()
+    analyzer = tf_lrp.Analyzer(model, rules.Epsilon(EPS))
+    np.testing.assert_allclose(analyzer.predict(x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    got = np.asarray(analyzer(x, target=targets()))
+    np.testing.assert_array_equal(got[x == 0], 0.0)
+    assert np.abs(got[x != 0]).max() > 0
