@@ -111,6 +111,22 @@ def test_split_indices():
         tuning.split_indices(10, ([0, 1, 2], [2, 3]))
     with pytest.raises(InputError, match="share in"):
         tuning.split_indices(10, 1.5)
+    val, test = tuning.split_indices(4, 0.5, seed=1)  # the smallest: 2 and 2
+    assert len(val) == len(test) == 2
+    with pytest.raises(InputError, match="at least 4 samples"):
+        tuning.split_indices(3, 0.5)
+
+
+def test_presets_are_registered_composites_and_points_list_what_applies():
+    from tf_lrp.tuning import space
+
+    for name in space.IMAGE_PRESETS + space.TOKEN_PRESETS:
+        bounds = dict(low=-1.0, high=1.0) if name.endswith("_box") else {}
+        assert isinstance(composites.get(name, **bounds), composites.Composite)
+    assert space.Point(epsilon=0.1).params() == {"epsilon": 0.1}
+    assert space.Point(0.2, "gamma", (0.1, None, 0.5), "flat").params() == {
+        "epsilon": 0.2, "conv": "gamma", "gamma_lower": 0.1, "gamma_upper": 0.5,
+        "first": "flat"}
 
 
 def test_tune_never_scores_on_the_test_split(monkeypatch, model, data):
@@ -166,6 +182,12 @@ def test_winner_and_its_file(tmp_path, model, data):
                          steps=4, seed=3)
     assert again.mean() == pytest.approx(result.test_score, rel=1e-6, abs=1e-9)
     assert "tuned (trial" in result.report() and "epsilon_gamma_box" in result.table()
+    report, table = result.report().splitlines(), result.table().splitlines()
+    assert report[0].startswith("metric aopc (higher is better)")
+    assert (report[-1].startswith("tuned: epsilon=")) == bool(result.best.params)
+    assert table[0].split()[:2] == ["trial", "name"]
+    assert [row.split()[0].rstrip("*") for row in table[1:]] == [
+        str(t.index) for t in result.trials]
 
 
 def test_bad_arguments(model, data):
@@ -262,16 +284,40 @@ def test_one_standard_error_rule_is_paired_and_favours_the_presets():
     assert diff.mean() <= diff.std(ddof=1) / np.sqrt(40)
     assert _one_se(noisy, [weak, preset]) is preset
     assert _one_se(noisy, []) is noisy
+    # two paired samples give a standard error; one does not (the leader keeps its win)
+    pair = _trial(6, "epsilon_plus", np.array([0.4, 0.66]))  # mean 0.53 < the leader's 0.55
+    assert _one_se(_trial(5, "search", np.array([0.6, 0.5])), [pair]) is pair
+    one = _trial(8, "epsilon_plus", np.array([0.49, np.nan]))
+    lone = _trial(7, "search", np.array([0.5, 0.6]))
+    assert _one_se(lone, [one]) is lone
 
 
 def test_tune_records_the_selection(model, data):
     x, y = data
     result = tuning.tune(model, x, y, budget=4, seed=3, **FAST)
     meta = result.spec["meta"]
-    assert meta["selection"] == "one_se"
+    assert meta["selection"] == "one_se" and meta["model"] == model.name
     leader = max((t for t in result.trials if np.isfinite(t.score)), key=lambda t: t.score)
     assert meta["argmax_trial"] == leader.index
     assert result.best is leader or result.best.name in PRESETS
     with pytest.raises(InputError, match="selection must be"):
         tuning.tune(model, x, y, budget=2, selection="best", **FAST)
 
+
+
+def test_one_standard_error_rule_hands_a_noisy_lead_back_to_the_best_preset(model, data):
+    """A searched trial leads on the validation split by less than one standard error of its
+    paired differences to the best preset (seed 6): ``one_se`` picks that preset, ``argmax``
+    the leader; both as computed here from the trials' per-sample scores."""
+    x, y = data
+    chosen = tuning.tune(model, x, y, budget=6, seed=6, **FAST)
+    plain = tuning.tune(model, x, y, budget=6, seed=6, selection="argmax", **FAST)
+    leader = max((t for t in chosen.trials if np.isfinite(t.score)), key=lambda t: t.score)
+    preset = max((t for t in chosen.trials if t.name != "search" and np.isfinite(t.score)),
+                 key=lambda t: t.score)
+    d = leader.scores - preset.scores
+    d = d[np.isfinite(d)]
+    assert leader.name == "search" and d.mean() <= d.std(ddof=1) / np.sqrt(len(d))
+    assert chosen.best.index == preset.index and chosen.best.name in PRESETS
+    assert plain.best.index == leader.index
+    assert chosen.spec["meta"]["argmax_trial"] == leader.index
