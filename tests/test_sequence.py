@@ -672,13 +672,15 @@ def test_engine_rnn_lrp0_conserves_without_bias(kind):
     close(got, explain_rnn(model, x, target, 0.0).relevance)
 
 
-def test_engine_lstm_gamma_conserves_without_bias():
-    """Another rule on the LSTM class (generalized gamma, no stabilizer) still conserves on a
-    bias-free LSTM (gamma conserves per output, the cell split is proportional), and it is
-    really applied (the result differs from LRP-0)."""
-    model = rnn_model("lstm", 3, return_sequences=True, use_bias=False)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_reset_before"])
+def test_engine_lstm_gamma_conserves_without_bias(kind):
+    """Another rule on the recurrent class (generalized gamma, no stabilizer: two terms, fused
+    into one operation where the step's kernels allow it) still conserves on a bias-free layer
+    (gamma conserves per output, the cell split is proportional), and it is really applied
+    (the result differs from LRP-0)."""
+    model = rnn_model(kind, 3, return_sequences=True, use_bias=False)
     x, target = floats((3, FEATURES)), targets()
-    comp = composites.LayerMap([(L.LSTM, rules.Gamma(0.25, stabilizer=0.0)),
+    comp = composites.LayerMap([((L.LSTM, L.GRU), rules.Gamma(0.25, stabilizer=0.0)),
                                 (L.Dense, rules.Zero())])
     got = np.asarray(tf_lrp.Analyzer(model, comp)(x, target=target))
     logit = np.asarray(model(x))[np.arange(N), target]
@@ -811,8 +813,9 @@ def test_identity_normalization_is_refused_with_the_reason():
 
 
 
+@pytest.mark.parametrize("sequences", [True, False])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_engine_zero_output_for_mask(kind):
+def test_engine_zero_output_for_mask(kind, sequences):
     """``zero_output_for_mask=True`` with ``return_sequences``: Keras zeroes the outputs at
     padded steps (instead of repeating the last state), and so must the unrolled forward; the
     padded steps get exactly zero relevance."""
@@ -821,8 +824,9 @@ def test_engine_zero_output_for_mask(kind):
     def build():
         inputs = keras.Input((6,), dtype="int32")
         y = L.Embedding(VOCAB, FEATURES, mask_zero=True, name="emb")(inputs)
-        y = layer(4, return_sequences=True, zero_output_for_mask=True)(y)
-        return keras.Model(inputs, L.Dense(CLASSES, name="dense")(L.Flatten()(y)))
+        y = layer(4, return_sequences=sequences, zero_output_for_mask=True)(y)
+        return keras.Model(inputs, L.Dense(CLASSES, name="dense")(
+            L.Flatten()(y) if sequences else y))
 
     model = seeded(build, SEED + 77, DTYPE)
     x = padded_tokens()
