@@ -326,3 +326,41 @@ def test_crp_benchmark_section_runs_on_a_tiny_model():
     assert all(len(v) == 2 and min(v) > 0 for v in result["times_s"].values())
     assert result["ratio"] > 0 and "3 explanations" in bench.crp_table(result, 3)
     assert result["ratio_forward_shared"] < 1  # the forward pass is part of an explanation
+
+
+def test_contribution_shares_divide_by_the_channel_total_and_are_nan_without_one():
+    """``share = values / total``; a channel with no relevance (total 0) has no shares (NaN,
+    not inf), a total of exactly 1 leaves the values as they are."""
+    from tf_lrp.concepts.attribution import Contributions
+
+    c = Contributions("c2", "c1", 0, total=np.array([0.0, 1.0, -2.0]),
+                      relevance=np.zeros((3, 4)), channels=np.zeros((3, 2), np.int64),
+                      values=np.array([[0.5, 0.25], [0.5, 0.25], [-1.0, 0.5]]))
+    share = c.share
+    assert np.isnan(share[0]).all()
+    np.testing.assert_array_equal(share[1:], [[0.5, 0.25], [0.5, -0.25]])
+
+
+def test_atlas_reads_labelled_batches_and_names_folded_layers(tmp_path):
+    """A dataset of ``(x, labels)`` batches gives the atlas arrays give; a layer whose
+    BatchNormalization was folded into it is found by either layer's name."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((8, 8, 3))
+    a = kl.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    b = kl.ReLU()(kl.BatchNormalization(name="bn")(kl.Conv2D(5, 3, padding="same",
+                                                              name="c2")(a)))
+    model = keras.Model(inp, kl.Dense(3, name="out")(kl.Flatten()(kl.MaxPooling2D()(b))))
+    an = tf_lrp.Analyzer(model, "epsilon_plus")
+    options = dict(top_n=2, batch_size=4, target="label")
+    x, y = X[:10], LABELS[:10]
+    arrays = concepts.build_atlas(an, (x, y), ["c2"], tmp_path / "a", **options)
+    batches = concepts.build_atlas(an, ((x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)),
+                                   ["c2"], tmp_path / "b", **options)
+    assert arrays.layers == batches.layers == ["c2+bn"]
+    index = json.loads((tmp_path / "a" / "index.json").read_text())["layers"]["c2+bn"]
+    assert (index["layer"], index["channels"], index["grid"]) == ("c2", 5, [8, 8])
+    assert arrays.layer_name("c2") == arrays.layer_name("bn") == "c2+bn"
+    for c in range(5):
+        want = [(r.sample, r.target) for r in arrays.references("c2", c, load=False)]
+        assert [(r.sample, r.target) for r in batches.references("bn", c, load=False)] == want
+        assert all(t == y[s] for s, t in want)
