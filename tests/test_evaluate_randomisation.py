@@ -101,6 +101,10 @@ def test_bottom_up_and_top_down_cascades_by_hand(linear):
     np.testing.assert_allclose(down.complexity_rise, want, rtol=1e-6)
     with pytest.raises(InputError, match="order"):
         evaluate.model_randomisation(linear, Gradient, x, 0, order="sideways")
+    # the layers named: that order, only those; the first step is the bottom-up one's second
+    last = evaluate.model_randomisation(linear, Gradient, x, 0, layers=["last"])
+    assert last.layers == ["last"] and last.order == "custom"
+    np.testing.assert_allclose(last.similarity, [[RHO, RHO]], rtol=1e-9)
 
 
 def test_one_analyzer_reads_the_reinitialised_weights_like_a_rebuilt_one():

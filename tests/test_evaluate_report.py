@@ -131,3 +131,30 @@ def test_composite_file_is_evaluated_as_a_method_and_sanity_samples_limit_the_ca
     assert summary["settings"]["sanity_samples"] == 3
     assert summary["settings"]["composite_files"] == [str(path)]
     assert "LRP mine (file)" in figure.with_suffix(".md").read_text()
+
+
+def test_cli_flags_reach_the_report(monkeypatch, tmp_path, capsys):
+    """``tf-lrp evaluate`` hands each switch to ``run_report``: the ``--no-*`` flags turn their
+    part off, ``--seed`` defaults to 0 as its help says; the summary names the outputs."""
+    from tf_lrp.evaluate import cli as evaluate_cli
+    from tf_lrp.evaluate import report as evaluate_report
+
+    calls = []
+
+    def fake_report(*args, **kwargs):
+        calls.append(kwargs)
+        return "| table |", tmp_path / "report.png"
+
+    monkeypatch.setattr(evaluate_report, "run_report", fake_report)
+    base = ["model.keras", "--data", "shapes", "--out-dir", str(tmp_path)]
+    assert evaluate_cli.main(base) == 0
+    assert evaluate_cli.main(base + ["--no-road", "--no-irof", "--no-sanity",
+                                     "--no-bottom-up", "--seed", "7"]) == 0
+    on, off = calls
+    assert (on["road"], on["irof_metric"], on["sanity"], on["bottom_up"], on["seed"]) == (
+        True, True, True, True, 0)
+    assert (off["road"], off["irof_metric"], off["sanity"], off["bottom_up"], off["seed"]) == (
+        False, False, False, False, 7)
+    out = capsys.readouterr().out
+    assert "| table |" in out and f"plots: {tmp_path / 'report.png'}" in out
+    assert f"results: {tmp_path / 'report.json'}" in out and "runtime: " in out
