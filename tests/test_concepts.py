@@ -364,3 +364,38 @@ def test_atlas_reads_labelled_batches_and_names_folded_layers(tmp_path):
         want = [(r.sample, r.target) for r in arrays.references("c2", c, load=False)]
         assert [(r.sample, r.target) for r in batches.references("bn", c, load=False)] == want
         assert all(t == y[s] for s, t in want)
+
+
+def test_every_public_name_of_the_packages_resolves():
+    """``__all__`` of the packages with names loaded on first use: each name imports (a
+    lazy-import table that points a name at the wrong submodule fails here, not in a user's
+    session)."""
+    import tf_lrp.evaluate
+    import tf_lrp.visualize
+
+    for package in (tf_lrp, concepts, tf_lrp.evaluate, tf_lrp.visualize):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+
+
+def test_figure_images_drop_alpha_and_keep_grey():
+    from tf_lrp.concepts.figures import _image
+
+    rgba = np.random.default_rng(2).uniform(0, 255, (4, 5, 4))
+    np.testing.assert_allclose(_image(rgba, (0, 255)), rgba[..., :3] / 255)
+    grey = _image(np.arange(6.0).reshape(2, 3, 1), None)
+    np.testing.assert_allclose(grey, np.arange(6.0).reshape(2, 3) / 5)
+
+
+def test_boolean_channel_masks_condition_like_channel_lists():
+    """A condition given as a boolean mask ``(n, k, channels)`` is the condition the channel
+    lists give; a mask of another shape is refused with the expected shape."""
+    an = tf_lrp.Analyzer(_conv_model(), "epsilon_plus")
+    x = X[:2]
+    lists = an.conditional(x, 1, {"c2": np.array([[0, 3], [4, 1]])})
+    mask = np.zeros((2, 2, 5), bool)
+    mask[0, 0, 0] = mask[0, 1, 3] = mask[1, 0, 4] = mask[1, 1, 1] = True
+    np.testing.assert_allclose(an.conditional(x, 1, {"c2": mask}), lists, rtol=1e-6,
+                               atol=1e-7 * np.abs(lists).max())
+    with pytest.raises(InputError, match=r"expected \(2, k, 5\)"):
+        an.conditional(x, 1, {"c2": np.zeros((2, 2, 4), bool)})
