@@ -81,6 +81,9 @@ def test_scenes_report_uses_the_held_out_scenes_and_their_masks(tmp_path, monkey
         for key in ("aopc", "aopc_second", "road_morf", "road_lerf", "irof", "mass", "rank",
                     "emprt"):
             assert len(result[f"{key}_per_sample"]) == 4, key
+        for curve in ("curve", "curve_second", "road_curve_morf", "road_curve_lerf"):
+            fractions = result["fractions" if curve == "curve" else f"{curve}_fractions"]
+            assert len(result[curve]) == len(fractions) >= 2, curve
     x, y, masks = datasets.make_shapes(4, size=32, seed=7)
     want = evaluate.relevance_mass_accuracy(Gradient(model)(x * 255.0, y), masks)
     np.testing.assert_allclose(summary["methods"]["gradient"]["mass"][0], want.mean(), rtol=1e-4)
