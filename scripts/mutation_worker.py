@@ -147,7 +147,15 @@ def serve(path: str, coverage: str | None = None) -> None:
             code = _forked_pytest(server, conn, narrowed)
             if narrowed is not args and code not in (0, 1):  # a bad selection, not a kill
                 code = _forked_pytest(server, conn, args)
-            conn.sendall(f"{code}\n".encode())
+            conn.sendall(f"{_verdict(code)}\n".encode())
+
+
+def _verdict(code: int) -> int:
+    """The exit code mutmut 2 is told. It counts every code but 1 as "the tests pass", so a
+    mutant that breaks the import (pytest 2: errors during collection), pytest itself (3, 4) or
+    the process (a signal, the timeout's alarm) would count as a survivor. The unmutated
+    checkout passes, so each of those is the mutant's doing: a kill. 5 (no tests ran) stays."""
+    return 1 if code in (2, 3, 4) or code < 0 else code
 
 
 def _forked_pytest(server: socket.socket, conn: socket.socket, args: list[str]) -> int:
