@@ -3,6 +3,7 @@ seen by the search), the winner against the presets, the composite file it write
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import keras
@@ -66,6 +67,10 @@ def test_search_space_blocks_are_wired_by_layer_name():
     # two convolutions: the upper block is empty and its gamma does not apply
     two = tuning.layout(conv_model(2))
     assert two.blocks == (("c1",), ("c2",), ())
+    inp = keras.Input((5,), dtype="int32")  # token ids: no first layer, token presets
+    h = kl.GlobalAveragePooling1D()(kl.Embedding(20, 4)(inp))
+    tokens = tuning.layout(keras.Model(inp, kl.Dense(2)(h)))
+    assert tokens.tokens and not tokens.has_first
     p = tuning.Point(0.1, "gamma", (0.1, 0.5, None), "same")
     assert "gamma_upper" not in p.params()
 
@@ -109,8 +114,9 @@ def test_split_indices():
     np.testing.assert_array_equal(val, tuning.split_indices(10, 0.3, seed=4)[0])
     with pytest.raises(InputError, match="overlap in 1 samples"):
         tuning.split_indices(10, ([0, 1, 2], [2, 3]))
-    with pytest.raises(InputError, match="share in"):
-        tuning.split_indices(10, 1.5)
+    for share in (1.5, 1.0, 0.0):
+        with pytest.raises(InputError, match="share in"):
+            tuning.split_indices(10, share)
     val, test = tuning.split_indices(4, 0.5, seed=1)  # the smallest: 2 and 2
     assert len(val) == len(test) == 2
     with pytest.raises(InputError, match="at least 4 samples"):
@@ -292,11 +298,14 @@ def test_one_standard_error_rule_is_paired_and_favours_the_presets():
     assert _one_se(lone, [one]) is lone
 
 
-def test_tune_records_the_selection(model, data):
+def test_tune_records_the_selection(model, data, tmp_path):
     x, y = data
-    result = tuning.tune(model, x, y, budget=4, seed=3, **FAST)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    result = tuning.tune(str(path), x, y, budget=4, seed=3, **FAST)  # a file: read once
     meta = result.spec["meta"]
     assert meta["selection"] == "one_se" and meta["model"] == model.name
+    assert meta["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     leader = max((t for t in result.trials if np.isfinite(t.score)), key=lambda t: t.score)
     assert meta["argmax_trial"] == leader.index
     assert result.best is leader or result.best.name in PRESETS
