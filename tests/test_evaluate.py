@@ -395,3 +395,53 @@ def test_token_report_flips_tokens_to_padding_and_scores_the_planted_keywords(tm
     relevance = tf_lrp.Analyzer(model, "attn_lrp")(x, y)
     want = evaluate.relevance_mass_accuracy(relevance, masks)
     np.testing.assert_allclose(mass[0], want.mean(), rtol=1e-6)
+
+
+def _results_with_every_key(seed: int, n: int = 5) -> dict:
+    rng = np.random.default_rng(seed)
+    r = {k: rng.normal(size=n) for k in ("aopc", "aopc2", "road_morf", "road_lerf", "irof",
+                                          "mass", "rank", "emprt", "ratio")}
+    for k in ("similarity", "similarity_abs", "similarity_abs_bu"):
+        r[k] = rng.normal(size=(3, n))  # three layers: first, middle and last differ
+    return {**r, "ms": 1.5 + seed, "cost_ratio": 1.25 + seed}
+
+
+def test_report_tables_put_each_score_in_its_column():
+    """Every column of the two report tables holds the mean ± se of its own per-sample scores
+    (written out here key by key), the cost cells the method's cost; a method without a key
+    shows n/a there; the headline names each localisation metric's leader."""
+    from tf_lrp.evaluate import tables
+
+    a, b = _results_with_every_key(1), _results_with_every_key(2)
+    del b["rank"]
+    controls = {"aopc": np.full(5, 0.25), "aopc2": np.full(5, -0.5)}
+    results, labels = {"a": a, "b": b}, {"a": "A", "b": "B"}
+    expected = {
+        "AOPC ↑": a["aopc"], "AOPC − random order ↑": a["aopc"] - 0.25,
+        "AOPC, blur ↑": a["aopc2"], "AOPC, blur − random ↑": a["aopc2"] + 0.5,
+        "ROAD MoRF ↑": a["road_morf"], "ROAD LeRF ↓": a["road_lerf"],
+        "IROF (correct only) ↑": a["irof"], "mass acc. ↑": a["mass"], "rank acc. ↑": a["rank"],
+        "ρ top ↓": a["similarity"][0], "ρ all ↓": a["similarity"][2],
+        "ρ abs top ↓": a["similarity_abs"][0], "ρ abs all ↓": a["similarity_abs"][2],
+        "ρ abs bottom layer ↓": a["similarity_abs_bu"][0], "eMPRT ↑": a["emprt"],
+        "ΣR / f(x)": a["ratio"]}
+    seen = set()
+    for columns in tables.metric_columns(controls, "blur"):
+        rows = [[c.strip() for c in line.strip("|").split("|")]
+                for line in tables.table(results, labels, columns).splitlines()]
+        head, row_a, row_b = rows[0], rows[2], rows[3]
+        assert head[0] == "method" and head[-2:] == ["ms / expl.", "× gradient"]
+        assert row_a[0] == "A" and row_a[-2:] == ["2.5", "2.25"] and row_b[-2:] == ["3.5", "3.25"]
+        for j, header in enumerate(head[1:-2], start=1):
+            assert row_a[j] == tables.fmt(expected[header]), header
+            seen.add(header)
+        if "rank acc. ↑" in head:
+            assert row_b[head.index("rank acc. ↑")] == "n/a"
+    assert seen == set(expected)
+    lines = tables.headline(results, labels)
+    for title in ("relevance mass accuracy", "IROF", "ROAD LeRF"):
+        assert any(line.startswith(f"- {title} (") for line in lines), title
+    assert not any(line.startswith("- relevance rank accuracy") for line in lines)  # one method
+    both = tables.headline({"a": a, "c": _results_with_every_key(3)}, {"a": "A", "c": "C"})
+    assert sum(line.startswith("- relevance rank accuracy (higher is better): **")
+               for line in both) == 1
