@@ -162,6 +162,24 @@ def test_pixel_flipping_errors(cnn, images):
         evaluate.pixel_flipping(Gradient(cnn), images[:2], order="random", baseline="median")
     with pytest.raises(InputError, match="fraction"):
         evaluate.pixel_flipping(Gradient(cnn), images[:2], order="random", fraction=0)
+    for bad in (dict(steps=0), dict(steps=2.5), dict(patch_size=0), dict(patch_size=1.5)):
+        with pytest.raises(InputError, match="steps and patch_size must be positive integers"):
+            evaluate.pixel_flipping(Gradient(cnn), images[:2], order="random", **bad)
+
+
+def test_integrated_gradients_flattery_line_pairs_the_two_baselines():
+    """The report's line on Integrated Gradients: per removal scheme the paired difference
+    of IG from the removal value and IG from 0, in the order of the schemes."""
+    from tf_lrp.evaluate import tables
+
+    a = {"aopc": np.array([0.5, 0.7]), "aopc2": np.array([0.2, 0.1]), "irof": np.array([1.0, 2.0])}
+    b = {"aopc": np.array([0.1, 0.4]), "aopc2": np.array([0.3, 0.3]), "irof": np.array([1.0, 1.0])}
+    lines = tables.flattery({"integrated_gradients": a, "integrated_gradients_zero": b}, "blur")
+    parts = lines[0].split(": ", 1)[1].split("; ")
+    assert parts == [f"removal value = IG baseline: {tables.fmt(a['aopc'] - b['aopc'])}",
+                     f"blur: {tables.fmt(a['aopc2'] - b['aopc2'])}",
+                     f"IROF: {tables.fmt(a['irof'] - b['irof'])}"]
+    assert tables.flattery({"integrated_gradients": a}, "blur") == []
 
 
 # ------------------------------------------------------------------------------ randomisation
