@@ -174,6 +174,10 @@ def test_irof_ranks_unequal_segments_by_mean_per_image():
     np.testing.assert_allclose(curves.fractions, np.arange(4) / 3)
     np.testing.assert_allclose(curves.outputs, p / p[:, :1], rtol=1e-12)
     np.testing.assert_allclose(curves.aopc, np.mean(1 - p / p[:, :1], axis=1), rtol=1e-12)
+    # the same images without a channel axis, (n, H, W): the same curves
+    flat = evaluate.irof(lambda b: predict(b[..., None]), x[..., 0], w[..., 0], 0,
+                         segments=labels, baseline=0.0)
+    np.testing.assert_allclose(flat.outputs, curves.outputs, rtol=1e-12)
 
 
 def test_irof_segment_errors():
