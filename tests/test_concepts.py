@@ -399,3 +399,62 @@ def test_boolean_channel_masks_condition_like_channel_lists():
                                atol=1e-7 * np.abs(lists).max())
     with pytest.raises(InputError, match=r"expected \(2, k, 5\)"):
         an.conditional(x, 1, {"c2": np.zeros((2, 2, 4), bool)})
+
+
+def test_dimmed_view_keeps_the_input_where_relevance_is_positive():
+    """12 % of the input where the relevance is not positive, 100 % at its maximum, the
+    square root of the relative relevance between; a grey input becomes three equal
+    channels; relevance without a positive value dims everything."""
+    from tf_lrp.concepts.figures import dimmed
+
+    image = np.array([[0.5, 1.0], [0.25, 0.8]])
+    relevance = np.array([[4.0, 1.0], [-3.0, 0.0]])
+    want = image * (0.12 + 0.88 * np.array([[1.0, 0.5], [0.0, 0.0]]))
+    got = dimmed(image, relevance)
+    assert got.shape == (2, 2, 3)
+    np.testing.assert_allclose(got, np.repeat(want[..., None], 3, axis=-1), rtol=1e-12)
+    rgb = np.random.default_rng(1).uniform(0, 1, (2, 2, 3))
+    per_channel = np.stack([relevance / 2, relevance / 2], axis=-1)  # summed over channels
+    np.testing.assert_allclose(dimmed(rgb, per_channel), rgb * (0.12 + 0.88 * np.array(
+        [[1.0, 0.5], [0.0, 0.0]]))[..., None], rtol=1e-12)
+    np.testing.assert_allclose(dimmed(image, -np.abs(relevance))[..., 0], 0.12 * image)
+    np.testing.assert_allclose(dimmed(image, relevance / 10), got, rtol=1e-12)  # relative
+
+
+def _panel_centre(row: int, col: int, rows: int, cols: int, size: tuple[int, int]):
+    """Pixel at the centre of subplot (row, col) for concept_figures' layout
+    (``subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.08,
+    hspace=0.3)``)."""
+    w = 0.98 / (cols + 0.08 * (cols - 1))
+    h = 0.94 / (rows + 0.3 * (rows - 1))
+    x = 0.01 + col * w * 1.08 + w / 2
+    y = 0.95 - row * h * 1.3 - h / 2
+    return int(round((1 - y) * size[1])), int(round(x * size[0]))
+
+
+def test_grey_inputs_and_crops_are_drawn_grey_on_their_range(tmp_path):
+    """A single-channel model: the input panel and each reference crop are drawn in grey on
+    the input range (a constant image of value v is the grey v * 255)."""
+    from PIL import Image
+
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((8, 8, 1))
+    h = kl.Conv2D(3, 3, padding="same", activation="relu", name="c1")(inp)
+    h = kl.ReLU()(kl.Conv2D(4, 3, padding="same", name="c2")(h))
+    an = tf_lrp.Analyzer(keras.Model(inp, kl.Dense(2)(kl.Flatten()(h))), "epsilon_plus")
+    levels = np.linspace(0.2, 0.8, 6)
+    x = (np.ones((6, 8, 8, 1)) * levels[:, None, None, None]).astype("float32")
+    atlas = concepts.build_atlas(an, x, "c2", tmp_path / "atlas", top_n=2, crop="position")
+    paths, ex = concepts.concept_figures(an, x[:1], "c2", tmp_path / "fig", top=1,
+                                         atlas=atlas, refs=2, tile=1.0, dpi=100,
+                                         input_range=(0, 1))
+    with Image.open(paths[0]) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    size = (pixels.shape[1], pixels.shape[0])
+    assert size == (400, 200)
+    refs = atlas.references("c2", int(ex.channels[0, 0]), load=False)
+    panels = [((0, 0), levels[0])] + [((1, 2 + k), levels[ref.sample])
+                                      for k, ref in enumerate(refs[:2])]
+    for (row, col), level in panels:
+        y, xx = _panel_centre(row, col, 2, 4, size)
+        np.testing.assert_allclose(pixels[y, xx], [level * 255] * 3, atol=3)

@@ -161,3 +161,30 @@ def test_cli_flags_reach_the_report(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| table |" in out and f"plots: {tmp_path / 'report.png'}" in out
     assert f"results: {tmp_path / 'report.json'}" in out and "runtime: " in out
+
+
+def _png_size(path) -> tuple[int, int]:
+    import struct
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_curve_figure_has_a_panel_per_curve_and_seven_methods(tmp_path):
+    """One removal curve and the three randomisation curves: four panels, three columns and
+    two rows of 6.5 x 5.5 inches at 100 dpi; seven methods (the seventh drawn dashed)."""
+    from tf_lrp.evaluate import plots
+
+    rng = np.random.default_rng(0)
+    curve = {"fractions": np.linspace(0, 1, 4), "curve": rng.normal(size=4)}
+    results = {f"m{i}": {"curve": curve, "similarity": rng.normal(size=(2, 3)),
+                         "similarity_abs": rng.normal(size=(2, 3)),
+                         "similarity_abs_bu": rng.normal(size=(2, 3))} for i in range(7)}
+    labels = {name: name.upper() for name in results}
+    layers = {"top_down": ["b", "a"], "bottom_up": ["a", "b"]}
+    path = tmp_path / "curves.png"
+    plots.plot_curves(path, "t", results, {}, labels, layers, "blur")
+    assert _png_size(path) == (1950, 1100)
+    plots.plot_curves(path, "t", {"m0": {"curve": curve}}, {}, {"m0": "M0"}, layers, "blur")
+    assert _png_size(path) == (650, 550)  # one panel

@@ -85,6 +85,16 @@ def explain_concepts(analyzer, x, layer: str, target=None, top: int = 5) -> Conc
                               order, values, share, total, conditional)
 
 
+def dimmed(image: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """CRP's opaque view: ``image`` (``(h, w)`` grey or ``(h, w, 3)`` in [0, 1]) as RGB,
+    dimmed to 12 % where the relevance (summed over channels) is not positive and brightened
+    with the square root of the positive relevance, relative to its maximum, up to 100 %."""
+    m = np.maximum(relevance.sum(axis=-1) if relevance.ndim == 3 else relevance, 0)
+    m = np.sqrt(m / m.max()) if m.max() > 0 else m
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+    return rgb * (0.12 + 0.88 * m[..., None])
+
+
 def _image(x: np.ndarray, input_range: tuple[float, float] | None) -> np.ndarray:
     """An input (crop) as an image in [0, 1]: ``(h, w)`` or ``(h, w, 3)``."""
     if x.ndim == 3 and x.shape[-1] == 1:
@@ -140,13 +150,6 @@ def draw(path: str | os.PathLike, x: np.ndarray, explanation: ConceptExplanation
     def colour(r):
         return visualize.heatmap(r[None] if r.ndim == 3 else r[None, ..., None])[0]
 
-    def where(r):
-        """The input, dimmed where the relevance is not positive (CRP's opaque view)."""
-        m = np.maximum(r.sum(axis=-1) if r.ndim == 3 else r, 0)
-        m = np.sqrt(m / m.max()) if m.max() > 0 else m
-        rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
-        return rgb * (0.12 + 0.88 * m[..., None])
-
     layer = explanation.layer.split("+")[0]
     heat = colour(explanation.heatmap[i])
     show(axes[0, 0], image, title or f"class {explanation.target[i]} "
@@ -159,8 +162,9 @@ def draw(path: str | os.PathLike, x: np.ndarray, explanation: ConceptExplanation
         c = int(explanation.channels[i, j])
         r = explanation.conditional[i, j]
         share = explanation.share[i, j]
-        show(axes[j + 1, 0], where(r), f"{layer} #{c}: " + (f"{100 * share:.0f}%" if np.isfinite(
-            share) else f"R={explanation.relevance[i, j]:.3g}"))
+        label = f"{100 * share:.0f}%" if np.isfinite(share) else \
+            f"R={explanation.relevance[i, j]:.3g}"
+        show(axes[j + 1, 0], dimmed(image, r), f"{layer} #{c}: {label}")
         show(axes[j + 1, 1], colour(r), f"R={explanation.relevance[i, j]:.3g}")
         for r, ref in enumerate(list(references[j])[:refs] if references is not None else []):
             crop = _image(ref.crop, input_range)
