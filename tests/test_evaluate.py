@@ -463,3 +463,10 @@ def test_report_tables_put_each_score_in_its_column():
     both = tables.headline({"a": a, "c": _results_with_every_key(3)}, {"a": "A", "c": "C"})
     assert sum(line.startswith("- relevance rank accuracy (higher is better): **")
                for line in both) == 1
+    titles = [line[2:].split(" (")[0] for line in both]
+    assert titles == [
+        "AOPC", "AOPC, second removal value", "ROAD MoRF", "ROAD LeRF", "IROF",
+        "relevance mass accuracy", "relevance rank accuracy",
+        "randomisation, |ρ abs| after the top layer", "randomisation, |ρ abs| after all layers",
+        "bottom-up randomisation, |ρ abs| after the first layer",
+        "efficient MPRT", "conservation, |ΣR / f(x) − 1|"]

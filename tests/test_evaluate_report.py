@@ -158,9 +158,11 @@ def test_cli_flags_reach_the_report(monkeypatch, tmp_path, capsys):
         True, True, True, True, 0)
     assert (off["road"], off["irof_metric"], off["sanity"], off["bottom_up"], off["seed"]) == (
         False, False, False, False, 7)
-    out = capsys.readouterr().out
-    assert "| table |" in out and f"plots: {tmp_path / 'report.png'}" in out
-    assert f"results: {tmp_path / 'report.json'}" in out and "runtime: " in out
+    lines = capsys.readouterr().out.splitlines()
+    assert "| table |" in lines and f"plots: {tmp_path / 'report.png'}, " \
+        f"{tmp_path / 'report_cost.png'}" in lines
+    assert f"results: {tmp_path / 'report.json'}" in lines
+    assert sum(line.startswith("runtime: ") and line.endswith(" s") for line in lines) == 2
 
 
 def _png_size(path) -> tuple[int, int]:
