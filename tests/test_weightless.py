@@ -392,9 +392,22 @@ def test_unknown_classes_are_named_once_with_the_fix():
         tf_lrp.Analyzer(model)
     text = str(err.value)
     assert text.count("test_weightless.Mystery") == 1 and text.count("test_weightless.Puzzle") == 1
-    assert "(5 layers: 'mystery', 'mystery_1', 'mystery_2' and 2 more)" in text
-    assert "--rule" in text and "composites.Overrides" in text
+    assert "(5 layers: 'mystery', 'mystery_1', 'mystery_2' and 2 more): could not be " \
+        "flattened into its parts" in text and "calls TensorFlow directly" in text
+    assert text.startswith("cannot explain this model: no LRP rule fits 6 layers of 2 classes:")
+    # the fix, whole: the elementwise case in Python and on the command line
+    assert ("Custom layers written with keras.ops and Keras layers are explained by their "
+            "parts.\nFix: if Mystery is elementwise, map rules.Pass() to it: "
+            "Analyzer(model, composites.Overrides(") in text
+    assert ("[('Mystery', rules.Pass())])), on the command line --rule Mystery=pass; if it "
+            "only moves values, rules.Route(). A custom linear layer with weights: "
+            "tf_lrp.layers.register_linear.") in text
     assert len(text) < 1200
+    # an operation no table knows (not a custom layer: nothing to flatten)
+    erf = keras.Model(inp, kl.Dense(2)(ops.erf(kl.Dense(4)(inp))))
+    with pytest.raises(UnsupportedLayerError, match=r"\(1 layer: 'erf'\): is not a layer type "
+                       r"tf_lrp knows\n"):
+        tf_lrp.Analyzer(erf)
     # the fix works
     fixed = tf_lrp.Analyzer(model, composites.Overrides(
         composites.EpsilonPlus(), [("Mystery", rules.Pass()), (Puzzle, rules.Epsilon())]))
@@ -636,7 +649,9 @@ _OP_HANDLING = {
         "softplus": ops.softplus, "softsign": ops.softsign, "leaky_relu": ops.leaky_relu,
         "softmax": ops.softmax, "celu": ops.celu, "glu": ops.glu, "sparse_plus": ops.sparse_plus,
         "squareplus": ops.squareplus, "exp": ops.exp, "stop_gradient": ops.stop_gradient,
-        "clip": lambda x: ops.clip(x, -0.5, 2.0)},
+        "clip": lambda x: ops.clip(x, -0.5, 2.0), "hard_shrink": ops.hard_shrink,
+        "soft_shrink": ops.soft_shrink, "tanh_shrink": ops.tanh_shrink,
+        "sparse_sigmoid": ops.sparse_sigmoid},
     "route": {
         "reshape": lambda x: ops.reshape(x, (-1, 24)),
         "transpose": lambda x: ops.transpose(x, (0, 2, 1)),

@@ -61,6 +61,7 @@ _ACTIVATION_LAYERS = (kl.ReLU, kl.LeakyReLU, kl.Activation, kl.ELU, kl.PReLU, kl
 _ACTIVATION_OPS = _op("Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu",
                       "Tanh", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu", "Mish",
                       "Softmax", "Celu", "Glu", "SparsePlus", "Squareplus", "Exp",
+                      "HardShrink", "SoftShrink", "TanhShrink", "SparseSigmoid",
                       # the value passes unchanged (the gradient is cut: not relevance's concern)
                       "StopGradient",
                       # elementwise with constant bounds, like relu6
@@ -214,7 +215,9 @@ _OP_NAMES = {"Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "HardSigmoi
              "Tanh": "tanh", "Elu": "elu", "Selu": "selu", "Softplus": "softplus",
              "Softsign": "softsign", "LeakyRelu": "leaky_relu", "Silu": "silu",
              "HardSilu": "hard_silu", "Gelu": "gelu", "Mish": "mish", "Exp": "exponential",
-             "Celu": "celu", "SparsePlus": "sparse_plus", "Squareplus": "squareplus"}
+             "Celu": "celu", "SparsePlus": "sparse_plus", "Squareplus": "squareplus",
+             "HardShrink": "hard_shrink", "SoftShrink": "soft_shrink",
+             "TanhShrink": "tanh_shrink", "SparseSigmoid": "sparse_sigmoid"}
 
 
 def _function_name(layer) -> str | None:
