@@ -171,6 +171,8 @@ def test_multi_output_requires_choice():
     np.testing.assert_allclose(r1, (xt * tape.gradient(y2, xt)).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(tf_lrp.Analyzer(model, "epsilon", output="o2").predict(x)[:, 4], y,
                                rtol=1e-6)
+    with pytest.raises(InputError, match=r"^no model output named 'o3'; outputs: o1, o2$"):
+        tf_lrp.Analyzer(model, "epsilon", output="o3")
 
 
 # ----------------------------------------------------------------------- canonizers
@@ -383,6 +385,8 @@ def analyzer():
     (np.array([[0, 0, np.nan, 0, 0, 0], [0] * 6], "float32"), "NaN or Inf in sample\\(s\\) \\[0\\]"),
     (np.array([[0] * 6, [0, np.inf, 0, 0, 0, 0]], "float32"), "NaN or Inf in sample\\(s\\) \\[1\\]"),
     (np.zeros((0, 6), "float32"), "empty batch"),
+    (np.full((12, 6), np.nan, "float32"),  # the first ten are listed
+     r"in sample\(s\) \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]; clean or drop them before explaining$"),
 ])
 def test_bad_inputs(analyzer, bad, words):
     with pytest.raises(InputError, match=words):
@@ -392,7 +396,8 @@ def test_bad_inputs(analyzer, bad, words):
 @pytest.mark.parametrize("target, words", [
     (4, "target 4 is out of range.*4 entries.*0..3"),
     (-1, "out of range"),
-    ([0, 1, 2], "3 entries for a batch of 2"),
+    ([0, 1, 2], "^target has 3 entries for a batch of 2: pass one integer for all samples or "
+                "one per sample$"),
     (1.5, "integer"),
     ("a", "integer"),
 ])
@@ -412,6 +417,12 @@ def test_multi_input_needs_list():
         a(np.zeros((2, 3), "float32"))
     with pytest.raises(InputError, match="different batch sizes"):
         a([np.zeros((2, 3), "float32"), np.zeros((3, 3), "float32")])
+    names = a.input_names
+    wrong = {"nope": np.zeros((2, 3), "float32"), names[1]: np.zeros((2, 3), "float32")}
+    with pytest.raises(InputError, match=re.escape(
+            f"the inputs are named {sorted(wrong)}; the model's inputs are {names}: pass a dict "
+            "with exactly these keys (or a list in that order)")):
+        a(wrong)
 
 
 class Scale(kl.Layer):

@@ -440,7 +440,10 @@ def test_an_unknown_layer_with_two_inputs_is_not_offered_pass(count):
 def test_keras2_model_object_names_keras2_and_the_fix():
     tf_keras = pytest.importorskip("tf_keras")
     model = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
-    with pytest.raises(TypeError, match=r"Keras 2.*\.h5.*tf_lrp\.load_model"):
+    with pytest.raises(TypeError, match=r"is a Keras 2 \(tf_keras / tf\.keras 2\.x\) model; "
+                       r"tf_lrp explains Keras 3 models\. Fix: save it as \.h5 with Keras 2 "
+                       r"\(model\.save\('model\.h5'\)\) and load that file with "
+                       r"tf_lrp\.load_model\('model\.h5'\)$"):
         tf_lrp.Analyzer(model)
 
 
