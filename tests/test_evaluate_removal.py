@@ -94,6 +94,10 @@ def test_road_curves_by_hand():
     np.testing.assert_allclose(curves.fractions, [0, 1 / 16, 2 / 16])
     np.testing.assert_allclose(curves.outputs[0], [f0, one, two], rtol=1e-5)
     np.testing.assert_allclose(curves.aopc, [(0 + f0 - one + f0 - two) / 3], rtol=1e-5)
+    # the same image without a channel axis, (n, H, W): its relevance is already per pixel
+    flat = evaluate.road(lambda b: predict(b[..., None]), x[..., 0], relevance[..., 0], 0,
+                         fractions=(1 / 16, 2 / 16), noise_std=0.0)
+    np.testing.assert_allclose(flat.outputs[0], [f0, one, two], rtol=1e-5)
     lerf = evaluate.road(predict, x, relevance, 0, order="lerf", fractions=(1 / 16, 2 / 16),
                          noise_std=0.0)
     np.testing.assert_allclose(lerf.outputs[0], f0)  # (3,3) and (0,0) are not read

@@ -47,10 +47,11 @@ def descending_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.lexsort((rng.random(values.shape), -values), axis=-1)
 
 
-def spatial_relevance(relevance, x_ndim: int) -> np.ndarray:
-    """``(n, pixels)``: relevance summed over the channel axis (the last, for 3+ axes)."""
+def spatial_relevance(relevance, channels: bool) -> np.ndarray:
+    """``(n, pixels)``: relevance summed over the channel axis (the last) where the input has
+    one (``(n, ..., C)``; not images ``(n, H, W)`` or features ``(n, d)``)."""
     r = np.asarray(relevance, dtype=np.float64)
-    if x_ndim >= 3:
+    if channels:
         r = r.sum(axis=-1)
     return r.reshape(r.shape[0], -1)
 

@@ -69,14 +69,14 @@ def _patch_index(spatial: tuple[int, ...], patch_size: int) -> tuple[np.ndarray,
     return np.ravel_multi_index(grids, counts).ravel(), math.prod(counts)
 
 
-def segment_relevance(relevance, x_ndim: int, segments: np.ndarray, count: int,
+def segment_relevance(relevance, channels: bool, segments: np.ndarray, count: int,
                       reduce: str = "sum") -> np.ndarray:
     """``(n, count)``: the relevance of each segment (sum or mean over its pixels).
 
     ``segments`` is ``(pixels,)`` (one segmentation for all) or ``(n, pixels)`` of ids
     ``0..count-1``.
     """
-    pixel_rel = spatial_relevance(relevance, x_ndim)
+    pixel_rel = spatial_relevance(relevance, channels)
     n = pixel_rel.shape[0]
     ids = np.broadcast_to(segments, pixel_rel.shape) + count * np.arange(n)[:, None]
     total = np.bincount(ids.ravel(), pixel_rel.ravel(), minlength=n * count).reshape(n, count)
@@ -191,7 +191,7 @@ def pixel_flipping(
     if order == "random":
         ranking = np.argsort(rng.random((n, n_patches)), axis=1)
     else:
-        ranking = descending_order(segment_relevance(relevance, x.ndim, pixels, n_patches), rng)
+        ranking = descending_order(segment_relevance(relevance, x.ndim >= 3, pixels, n_patches), rng)
     removed = np.round(np.linspace(0.0, fraction * n_patches, steps + 1)).astype(np.int64)
     outputs = removal_curves(predict, x, pixels, ranking, removed, resolve_baseline(baseline, x),
                              target, batch_size, f"pixel flipping ({order})", progress)

@@ -119,9 +119,7 @@ def irof(
     predict = predict_fn(predictor)
     target = targets(predict, x, target, batch_size)
     # segment relevance: mean over the pixels; absent ids (fewer segments) are ranked last
-    # (n, H, W) images have no channel axis to sum over: give their relevance one
-    pixels = np.asarray(relevance)[..., None] if x.ndim == 3 else relevance
-    seg_rel = segment_relevance(pixels, 4, dense, width, reduce="mean")
+    seg_rel = segment_relevance(relevance, x.ndim == 4, dense, width, reduce="mean")
     seg_rel[np.arange(width)[None, :] >= count[:, None]] = -np.inf
     ranking = descending_order(seg_rel, np.random.default_rng(seed))
     fractions = np.arange(steps + 1) / steps

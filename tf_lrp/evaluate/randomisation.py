@@ -68,7 +68,7 @@ def spearman(a, b, absolute: bool = False) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise InputError(f"cannot compare explanations of shapes {a.shape} and {b.shape}")
-    a, b = spatial_relevance(a, a.ndim), spatial_relevance(b, b.ndim)
+    a, b = spatial_relevance(a, a.ndim >= 3), spatial_relevance(b, b.ndim >= 3)
     if absolute:
         a, b = np.abs(a), np.abs(b)
     ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
@@ -100,7 +100,7 @@ def explanation_entropy(relevance, n_bins: int = ENTROPY_BINS) -> np.ndarray:
     """
     if int(n_bins) != n_bins or n_bins < 1:
         raise InputError(f"n_bins must be a positive integer, got {n_bins!r}")
-    r = spatial_relevance(relevance, np.ndim(relevance))
+    r = spatial_relevance(relevance, np.ndim(relevance) >= 3)
     n, size = r.shape
     lo, hi = r.min(axis=1, keepdims=True), r.max(axis=1, keepdims=True)
     span = np.where(hi > lo, hi - lo, 1.0)

@@ -186,7 +186,7 @@ def road(
     if noise_std is None:
         noise_std = 0.01 * float(x.max() - x.min()) if x.size else 0.0
     rng = np.random.default_rng(seed)
-    score = spatial_relevance(relevance, 4 if x.ndim == 4 else 3)
+    score = spatial_relevance(relevance, x.ndim == 4)
     ranking = descending_order(score if order == "morf" else -score, rng)
     counts = np.round(fractions * h * w).astype(np.int64)
 
