@@ -338,7 +338,7 @@ def test_contribution_shares_divide_by_the_channel_total_and_are_nan_without_one
                       values=np.array([[0.5, 0.25], [0.5, 0.25], [-1.0, 0.5]]))
     share = c.share
     assert np.isnan(share[0]).all()
-    np.testing.assert_array_equal(share[1:], [[0.5, 0.25], [0.5, -0.25]])
+    np.testing.assert_allclose(share[1:], [[0.5, 0.25], [0.5, -0.25]], rtol=1e-12)
 
 
 def test_atlas_reads_labelled_batches_and_names_folded_layers(tmp_path):

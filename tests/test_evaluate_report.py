@@ -165,18 +165,17 @@ def test_cli_flags_reach_the_report(monkeypatch, tmp_path, capsys):
     assert sum(line.startswith("runtime: ") and line.endswith(" s") for line in lines) == 2
 
 
-def _png_size(path) -> tuple[int, int]:
-    import struct
-
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
-
-
 def test_curve_figure_has_a_panel_per_curve_and_seven_methods(tmp_path):
     """One removal curve and the three randomisation curves: four panels, three columns and
     two rows of 6.5 x 5.5 inches at 100 dpi; seven methods (the seventh drawn dashed)."""
+    from PIL import Image
+
     from tf_lrp.evaluate import plots
+
+    def png_size(path) -> tuple[int, int]:
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            return image.size
 
     rng = np.random.default_rng(0)
     curve = {"fractions": np.linspace(0, 1, 4), "curve": rng.normal(size=4)}
@@ -187,6 +186,6 @@ def test_curve_figure_has_a_panel_per_curve_and_seven_methods(tmp_path):
     layers = {"top_down": ["b", "a"], "bottom_up": ["a", "b"]}
     path = tmp_path / "curves.png"
     plots.plot_curves(path, "t", results, {}, labels, layers, "blur")
-    assert _png_size(path) == (1950, 1100)
+    assert png_size(path) == (1950, 1100)
     plots.plot_curves(path, "t", {"m0": {"curve": curve}}, {}, {"m0": "M0"}, layers, "blur")
-    assert _png_size(path) == (650, 550)  # one panel
+    assert png_size(path) == (650, 550)  # one panel
