@@ -15,7 +15,8 @@
 # narrowed to the tests that execute the mutated statement, from anywhere in the suite (one
 # coverage run of the whole suite with per-test contexts, shared by all modules of a commit);
 # statements run at import or unseen by coverage keep the module's own tests (MODULES).
-# Results: $MUTATION_DIR/<name>/summary.txt (counts) and survivors.diff (every surviving mutant);
+# Results: $MUTATION_DIR/<name>/summary.txt (counts) and survivors.diff (every surviving mutant,
+# one line each, as scripts/mutation_report.py --survivors prints them);
 # benchmarks/MUTATION.md says what each survivor means.
 #
 # mutmut 3 is not usable here: it forks after running the tests in the parent and TensorFlow's
@@ -95,10 +96,8 @@ print(f"{sys.argv[1]}: {killed + timeouts}/{done} killed ({100 * (killed + timeo
       f"{timeouts} by timeout), {survived} survived, {counts.get('skipped', 0)} not in the sample, "
       f"{counts.get('untested', 0)} untested")
 EOF
-  : > survivors.diff
-  for id in $(python -c "import sqlite3; print(' '.join(str(r[0]) for r in sqlite3.connect('.mutmut-cache').execute(\"select id from mutant where status in ('bad_survived','ok_suspicious')\")))"); do
-    { echo "### mutant $id"; mutmut show "$id"; } >> survivors.diff 2>/dev/null || true
-  done
+  python "$REPO/scripts/mutation_report.py" "$MUTATION_DIR" --survivors "$(basename "$dir")" \
+    > survivors.diff || true
   cat summary.txt
 }
 
