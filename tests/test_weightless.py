@@ -771,3 +771,24 @@ def test_activation_facts_hold_numerically(name):
         op = keras.Model(x, getattr(ops, op_fn)(x)).operations[-1]
         if weightless.handling(op) == weightless.PASS:  # the activation ops of the tables
             assert facts(op) == want
+
+
+@pytest.mark.parametrize("name", ["hard_shrink", "soft_shrink", "tanh_shrink", "sparse_sigmoid"])
+def test_activation_op_nodes_explain_like_their_layers(name):
+    """``keras.ops.<activation>(x)`` as an op node explains like ``Activation(name)``, per
+    input, under a rule that reads the value ranges (z+ on the Dense after it)."""
+    def build(as_op):
+        inp = keras.Input((5,))
+        h = kl.Dense(4, name="d1")(inp)
+        h = getattr(ops, name)(h) if as_op else kl.Activation(name)(h)
+        return keras.Model(inp, kl.Dense(3, name="d2")(h))
+
+    keras.utils.set_random_seed(8)
+    op_model, layer_model = build(True), build(False)
+    layer_model.set_weights(op_model.get_weights())
+    x = np.random.default_rng(9).normal(0, 2, size=(3, 5)).astype("float32")
+    comp = composites.LayerMap([("d2", rules.ZPlus())], default=rules.Epsilon(0.05))
+    want = tf_lrp.Analyzer(layer_model, comp)(x, target=[2, 0, 1])
+    got = tf_lrp.Analyzer(op_model, comp)(x, target=[2, 0, 1])
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
